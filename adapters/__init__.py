@@ -1,0 +1,1 @@
+"""Corral adapters (later issues)."""

@@ -1,0 +1,1 @@
+"""Corral agents (later issues)."""

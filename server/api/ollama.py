@@ -1,0 +1,440 @@
+"""Ollama's native API: translate wire requests to the inference service and back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Request, Response, delete, get, head, post, route
+from litestar.response import Stream
+
+from .. import __version__, modelfile
+from ..config import FOREVER
+from ..inference import ChatParams, Delta, Final, GenerateParams, Inference
+from ..store.gguf import read_info
+from ..store.model import Model
+from . import types as t
+from .errors import raise_for
+from .wire import APIError, decode, encode, error, json_response, ndjson, now, rfc3339
+
+FAR_FUTURE = 9_223_372_036.0  # what Go reports for "forever": ~292 years ahead
+
+
+def services(request: Request) -> Inference:
+    return request.app.state.inference
+
+
+# ---- liveness ------------------------------------------------------------------------------
+
+
+@route("/", http_method=["GET", "HEAD"], media_type="text/plain")
+async def root() -> str:
+    return "Ollama is running"
+
+
+@route("/api/version", http_method=["GET", "HEAD"])
+async def version() -> Response:
+    return json_response(t.VersionResponse(version=__version__))
+
+
+# ---- generate / chat -----------------------------------------------------------------------
+
+
+def _logprobs(delta: Delta) -> list[t.Logprob] | None:
+    if not delta.logprobs:
+        return None
+    return [
+        t.Logprob(
+            token=lp.token, logprob=lp.logprob, bytes=lp.bytes,
+            top_logprobs=[t.TopLogprob(token=x.token, logprob=x.logprob, bytes=x.bytes) for x in top] or None,
+        )
+        for lp, top in delta.logprobs
+    ]
+
+
+def _tool_calls(calls: list[dict] | None) -> list[t.ToolCall] | None:
+    if not calls:
+        return None
+    return [
+        t.ToolCall(id=c.get("id"), function=t.ToolCallFunction(name=c["name"], arguments=c.get("arguments") or {},
+                                                                index=c.get("index")))
+        for c in calls
+    ]
+
+
+def _stats(final: Final) -> dict[str, Any]:
+    return dict(
+        done_reason=final.done_reason,
+        total_duration=final.total_duration,
+        load_duration=final.load_duration,
+        prompt_eval_count=final.prompt_eval_count,
+        prompt_eval_duration=final.prompt_eval_duration,
+        eval_count=final.eval_count,
+        eval_duration=final.eval_duration,
+    )
+
+
+async def _first(it: AsyncIterator[Any]) -> Any:
+    """Pull the first item so that errors before any output get a proper status code."""
+    try:
+        return await it.__anext__()
+    except StopAsyncIteration:
+        raise APIError(500, "no response from model") from None
+    except Exception as exc:
+        raise_for(exc)
+
+
+async def _until_disconnect(request: Request, work: asyncio.Future) -> Any:
+    """Await `work`, cancelling it if the client goes away first (non-streaming requests)."""
+
+    async def disconnected() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if work in done:
+            return work.result()
+        work.cancel()
+        raise APIError(499, "client disconnected")
+    finally:
+        watcher.cancel()
+
+
+def _load_response(model: str, final: Final, chat: bool) -> Response:
+    stamp = now()
+    if chat:
+        body = t.ChatResponse(model=model, created_at=stamp, message=t.Message(role="assistant", content=""),
+                              done=True, done_reason=final.done_reason)
+    else:
+        body = t.GenerateResponse(model=model, created_at=stamp, response="", done=True,
+                                  done_reason=final.done_reason)
+    return json_response(body)
+
+
+@post("/api/generate")
+async def generate(request: Request) -> Response | Stream:
+    req = await decode(request, t.GenerateRequest)
+    inference = services(request)
+    params = GenerateParams(
+        model=req.model, prompt=req.prompt, suffix=req.suffix, system=req.system or None,
+        template=req.template or None, context=req.context, raw=req.raw, format=req.format,
+        options=req.options, keep_alive=req.keep_alive, think=req.think,
+        truncate=req.truncate is not False, shift=req.shift is not False,
+        logprobs=req.logprobs, top_logprobs=req.top_logprobs,
+    )
+    if req._debug_render_only:
+        try:
+            rendered = await inference.render_generate_only(params)
+        except Exception as exc:
+            raise_for(exc)
+        return json_response(t.DebugRenderResponse(model=req.model, created_at=now(),
+                                                   _debug_info={"rendered_template": rendered}))
+    if not req.prompt and not req.suffix and not req.images:
+        try:
+            final = await inference.load(req.model, req.options, req.keep_alive)
+        except Exception as exc:
+            raise_for(exc)
+        return _load_response(req.model, final, chat=False)
+
+    def wire(item: Delta | Final) -> t.GenerateResponse:
+        if isinstance(item, Final):
+            return t.GenerateResponse(model=req.model, created_at=now(), response="", done=True,
+                                      context=item.context, **_stats(item))
+        return t.GenerateResponse(model=req.model, created_at=now(), response=item.content, done=False,
+                                  thinking=item.thinking or None, tool_calls=_tool_calls(item.tool_calls),
+                                  logprobs=_logprobs(item))
+
+    it = inference.generate(params)
+    first = await _first(it)
+    if req.stream is not False:
+        return ndjson(wire(first), _mapped(it, wire), lambda exc: t.ErrorResponse(error=str(exc)))
+
+    async def collect() -> t.GenerateResponse:
+        text, thinking, calls, lps = [], [], [], []
+        item = first
+        while True:
+            if isinstance(item, Final):
+                out = wire(item)
+                out.response, out.thinking = "".join(text), "".join(thinking) or None
+                out.tool_calls, out.logprobs = _tool_calls(calls), lps or None
+                return out
+            text.append(item.content)
+            thinking.append(item.thinking)
+            calls.extend(item.tool_calls or [])
+            lps.extend(_logprobs(item) or [])
+            item = await it.__anext__()
+
+    return await _aggregate(request, collect(), it)
+
+
+@post("/api/chat")
+async def chat(request: Request) -> Response | Stream:
+    req = await decode(request, t.ChatRequest)
+    inference = services(request)
+    messages = [_message_dict(m) for m in (req.messages or [])]
+    params = ChatParams(
+        model=req.model, messages=messages, tools=[_tool_dict(x) for x in req.tools] if req.tools else None,
+        format=req.format, options=req.options, keep_alive=req.keep_alive, think=req.think,
+        truncate=req.truncate is not False, shift=req.shift is not False, logprobs=req.logprobs,
+        top_logprobs=req.top_logprobs, tool_choice=req.tool_choice,
+    )
+    if req._debug_render_only:
+        try:
+            rendered = await inference.render_chat_only(params)
+        except Exception as exc:
+            raise_for(exc)
+        return json_response(t.DebugRenderResponse(model=req.model, created_at=now(),
+                                                   _debug_info={"rendered_template": rendered}))
+    if not messages:
+        try:
+            final = await inference.load(req.model, req.options, req.keep_alive)
+        except Exception as exc:
+            raise_for(exc)
+        return _load_response(req.model, final, chat=True)
+
+    def wire(item: Delta | Final) -> t.ChatResponse:
+        if isinstance(item, Final):
+            return t.ChatResponse(model=req.model, created_at=now(), message=t.Message(role="assistant", content=""),
+                                  done=True, **_stats(item))
+        return t.ChatResponse(
+            model=req.model, created_at=now(), done=False, logprobs=_logprobs(item),
+            message=t.Message(role="assistant", content=item.content, thinking=item.thinking or None,
+                              tool_calls=_tool_calls(item.tool_calls)),
+        )
+
+    it = inference.chat(params)
+    first = await _first(it)
+    if req.stream is not False:
+        return ndjson(wire(first), _mapped(it, wire), lambda exc: t.ErrorResponse(error=str(exc)))
+
+    async def collect() -> t.ChatResponse:
+        text, thinking, calls, lps = [], [], [], []
+        item = first
+        while True:
+            if isinstance(item, Final):
+                out = wire(item)
+                out.message = t.Message(role="assistant", content="".join(text), thinking="".join(thinking) or None,
+                                        tool_calls=_tool_calls(calls))
+                out.logprobs = lps or None
+                return out
+            text.append(item.content)
+            thinking.append(item.thinking)
+            calls.extend(item.tool_calls or [])
+            lps.extend(_logprobs(item) or [])
+            item = await it.__anext__()
+
+    return await _aggregate(request, collect(), it)
+
+
+async def _aggregate(request: Request, collect: Any, it: AsyncIterator[Any]) -> Response:
+    task = asyncio.ensure_future(collect)
+    try:
+        result = await _until_disconnect(request, task)
+    except APIError:
+        raise
+    except Exception as exc:
+        raise_for(exc)
+    finally:
+        await it.aclose()
+    return json_response(result)
+
+
+async def _mapped(it: AsyncIterator[Any], wire: Any) -> AsyncIterator[Any]:
+    try:
+        async for item in it:
+            yield wire(item)
+    finally:
+        await it.aclose()
+
+
+def _message_dict(m: t.Message) -> dict:
+    out: dict[str, Any] = {"role": m.role, "content": m.content or ""}
+    if m.thinking:
+        out["thinking"] = m.thinking
+    if m.images:
+        out["images"] = m.images
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "function": {"name": c.function.name, "arguments": c.function.arguments, "index": c.function.index}}
+            for c in m.tool_calls
+        ]
+    if m.tool_name:
+        out["tool_name"] = m.tool_name
+    if m.tool_call_id:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+def _tool_dict(tool: t.Tool) -> dict:
+    return {"type": tool.type, "function": tool.function}
+
+
+# ---- embeddings ----------------------------------------------------------------------------
+
+
+@post("/api/embed")
+async def embed(request: Request) -> Response:
+    req = await decode(request, t.EmbedRequest)
+    inference = services(request)
+    inputs = [req.input] if isinstance(req.input, str) else list(req.input or [])
+    start = time.perf_counter_ns()
+    if not inputs:
+        try:
+            await inference.load(req.model, req.options, req.keep_alive)
+        except Exception as exc:
+            raise_for(exc)
+        return json_response(t.EmbedResponse(model=req.model, embeddings=[]))
+    if req.dimensions is not None and req.dimensions < 1:
+        raise APIError(400, "dimensions must be greater than zero")
+    try:
+        vectors, n_tokens, load_ns = await inference.embed(
+            req.model, inputs, truncate=req.truncate is not False, options=req.options, keep_alive=req.keep_alive
+        )
+    except Exception as exc:
+        raise_for(exc)
+    from ..engine.embedder import normalize
+
+    out = []
+    for v in vectors:
+        v = normalize(v)
+        if req.dimensions and req.dimensions < len(v):
+            v = normalize(v[: req.dimensions])
+        out.append(v)
+    return json_response(t.EmbedResponse(model=req.model, embeddings=out, total_duration=time.perf_counter_ns() - start,
+                                         load_duration=load_ns, prompt_eval_count=n_tokens))
+
+
+@post("/api/embeddings")
+async def embeddings(request: Request) -> Response:
+    req = await decode(request, t.EmbeddingRequest)
+    inference = services(request)
+    if not req.prompt:
+        try:
+            await inference.load(req.model, req.options, req.keep_alive)
+        except Exception as exc:
+            raise_for(exc)
+        return json_response(t.EmbeddingResponse(embedding=[]))
+    try:
+        vectors, _, _ = await inference.embed(req.model, [req.prompt], options=req.options, keep_alive=req.keep_alive)
+    except Exception as exc:
+        raise_for(exc)
+    return json_response(t.EmbeddingResponse(embedding=vectors[0]))
+
+
+# ---- models --------------------------------------------------------------------------------
+
+
+def _details(model: Model) -> t.ModelDetails:
+    return t.ModelDetails(**model.details())
+
+
+@route("/api/tags", http_method=["GET", "HEAD"])
+async def tags(request: Request) -> Response:
+    inference = services(request)
+    models = []
+    for entry in sorted(inference.store.list(), key=lambda e: e.modified, reverse=True):
+        model = Model(inference.store, entry)
+        try:
+            details = _details(model)
+        except Exception:  # a model whose files are damaged still lists, without details
+            details = t.ModelDetails()
+        models.append(t.ListModel(name=entry.name.display, model=entry.name.display, modified_at=rfc3339(entry.modified),
+                                  size=entry.manifest.size, digest=entry.digest, details=details))
+    return json_response(t.ListResponse(models=models))
+
+
+@post("/api/show")
+async def show(request: Request) -> Response:
+    req = await decode(request, t.ShowRequest)
+    inference = services(request)
+    try:
+        model = inference.model(req.model or req.name)
+    except Exception as exc:
+        raise_for(exc)
+    info = read_info(str(model.model_path), arrays_up_to=1 << 30 if req.verbose else 5) if model.model_path else None
+    model_info: dict[str, Any] = {}
+    if info is not None:
+        model_info = {k: (None if k in info.array_lengths else v) for k, v in info.kv.items()
+                      if not k.startswith("tokenizer.chat_template")}
+        if not req.verbose:
+            model_info = {k: ([] if k in info.array_lengths else v) for k, v in model_info.items()}
+        model_info["general.parameter_count"] = info.parameter_count
+    template = model.template or model.chat_template or ""
+    if "insert" in model.capabilities() and ".Suffix" not in template:
+        # Continue and other editors decide FIM support by looking for .Suffix in the template
+        template = template or "{{ .Prompt }}"
+        template = template + "{{- if .Suffix }}{{ .Suffix }}{{ end }}" if not model.template else template
+    messages = [t.Message(role=m.get("role", "user"), content=m.get("content", "")) for m in model.messages]
+    return json_response(
+        t.ShowResponse(
+            modelfile=modelfile.render(model),
+            parameters=modelfile.parameters_text(model.parameters),
+            template=template,
+            details=_details(model),
+            model_info=model_info,
+            capabilities=model.capabilities(),
+            modified_at=rfc3339(model.entry.modified),
+            license="\n".join(model.license) or None,
+            system=model.system or None,
+            messages=messages or None,
+        )
+    )
+
+
+@get("/api/ps")
+async def ps(request: Request) -> Response:
+    inference = services(request)
+    models = []
+    for loaded in inference.scheduler.running():
+        expires = loaded.expires_at
+        models.append(
+            t.ProcessModel(
+                name=loaded.model.name, model=loaded.model.name, size=loaded.size, digest=loaded.model.digest,
+                details=_details(loaded.model),
+                expires_at=rfc3339(time.time() + FAR_FUTURE if expires == FOREVER else expires),
+                size_vram=loaded.size_vram, context_length=loaded.options.num_ctx,
+            )
+        )
+    return json_response(t.ProcessResponse(models=models))
+
+
+@post("/api/copy")
+async def copy(request: Request) -> Response:
+    req = await decode(request, t.CopyRequest)
+    inference = services(request)
+    if not req.source or not req.destination:
+        raise APIError(400, "source and destination are required")
+    try:
+        inference.model(req.source)
+        inference.store.copy(req.source, req.destination)
+    except Exception as exc:
+        raise_for(exc)
+    return Response(content=b"", status_code=200)
+
+
+@delete("/api/delete", status_code=200)
+async def delete_model(request: Request) -> Response:
+    req = await decode(request, t.DeleteRequest)
+    inference = services(request)
+    name = req.model or req.name
+    try:
+        model = inference.model(name)
+        await inference.scheduler.unload(model.digest)
+        inference.store.delete(name)
+    except Exception as exc:
+        raise_for(exc)
+    return Response(content=b"", status_code=200)
+
+
+@get("/api/status")
+async def status() -> Response:
+    return json_response({"cloud": {"disabled": True, "source": "corral"}})
+
+
+ROUTES = [root, version, generate, chat, embed, embeddings, tags, show, ps, copy, delete_model, status]

@@ -1,0 +1,283 @@
+"""Every Ollama wire type, documented once (after Ollama's api/types.go).
+
+Requests are decoded strictly (wrong types are a 400) but leniently where real clients
+need it: unknown fields are ignored, and the Go client's empty strings and nulls for unset
+fields mean "absent". Responses omit the fields Ollama marks `omitempty`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+Json = Any  # an arbitrary JSON value
+
+
+# ---- shared pieces -----------------------------------------------------------------------
+
+
+class ToolCallFunction(msgspec.Struct, omit_defaults=True):
+    name: str
+    arguments: dict[str, Any] = msgspec.field(default_factory=dict)
+    index: int | None = None  # position among the calls of one message
+
+
+class ToolCall(msgspec.Struct, omit_defaults=True):
+    function: ToolCallFunction
+    id: str | None = None  # "call_" + 8 random characters
+
+
+class Message(msgspec.Struct, omit_defaults=True):
+    role: str  # system | user | assistant | tool
+    content: str = ""
+    thinking: str | None = None  # the model's reasoning, when think is on
+    images: list[str] | None = None  # base64
+    tool_calls: list[ToolCall] | None = None
+    tool_name: str | None = None  # on role "tool": which function produced this result
+    tool_call_id: str | None = None
+
+
+class Tool(msgspec.Struct, omit_defaults=True):
+    """A function the model may call: `{type: "function", function: {name, description, parameters}}`."""
+
+    function: dict[str, Any]
+    type: str = "function"
+
+
+class Logprob(msgspec.Struct):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list["TopLogprob"] | None = None
+
+
+class TopLogprob(msgspec.Struct):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ModelDetails(msgspec.Struct):
+    parent_model: str = ""
+    format: str = ""
+    family: str = ""
+    families: list[str] | None = None
+    parameter_size: str = ""
+    quantization_level: str = ""
+
+
+# ---- /api/generate -----------------------------------------------------------------------
+
+
+class GenerateRequest(msgspec.Struct):
+    model: str = ""
+    prompt: str = ""
+    suffix: str = ""  # fill-in-the-middle: text after the cursor (needs capability "insert")
+    system: str = ""  # overrides the model's system prompt
+    template: str = ""  # overrides the model's template (Go text/template)
+    context: list[int] | None = None  # tokens returned by a previous response, continues it
+    stream: bool | None = None  # default true
+    raw: bool = False  # send the prompt as is, no template
+    format: Json = None  # "json" or a JSON schema
+    keep_alive: float | int | str | None = None  # seconds or Go duration; <0 forever; 0 unload now
+    images: list[str] | None = None
+    options: dict[str, Any] | None = None
+    think: bool | str | None = None  # true/false or "low" | "medium" | "high"
+    truncate: bool | None = None  # default true: cut the prompt to fit num_ctx
+    shift: bool | None = None  # default true: shift the context when generation fills it
+    logprobs: bool = False
+    top_logprobs: int = 0  # 0-20
+    _debug_render_only: bool = msgspec.field(default=False, name="_debug_render_only")
+
+
+class GenerateResponse(msgspec.Struct, omit_defaults=True):
+    model: str
+    created_at: str  # RFC3339 with timezone
+    response: str
+    done: bool
+    thinking: str | None = None
+    done_reason: str | None = None  # stop | length | load | unload
+    context: list[int] | None = None
+    total_duration: int | None = None  # nanoseconds, like every duration here
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_count: int | None = None
+    eval_duration: int | None = None
+    tool_calls: list[ToolCall] | None = None
+    logprobs: list[Logprob] | None = None
+
+
+# ---- /api/chat ---------------------------------------------------------------------------
+
+
+class ChatRequest(msgspec.Struct):
+    model: str = ""
+    messages: list[Message] | None = None
+    tools: list[Tool] | None = None
+    format: Json = None
+    options: dict[str, Any] | None = None
+    stream: bool | None = None
+    keep_alive: float | int | str | None = None
+    think: bool | str | None = None
+    truncate: bool | None = None
+    shift: bool | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    tool_choice: Json = None  # Corral extension: "none" | "auto" | "required" | {"type":"function","function":{"name":…}}
+    _debug_render_only: bool = msgspec.field(default=False, name="_debug_render_only")
+
+
+class ChatResponse(msgspec.Struct, omit_defaults=True):
+    model: str
+    created_at: str
+    message: Message
+    done: bool
+    done_reason: str | None = None
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_count: int | None = None
+    eval_duration: int | None = None
+    logprobs: list[Logprob] | None = None
+
+
+class DebugRenderResponse(msgspec.Struct):
+    """`_debug_render_only`: the prompt exactly as the model would receive it."""
+
+    model: str
+    created_at: str
+    _debug_info: dict[str, Any] = msgspec.field(name="_debug_info")
+
+
+# ---- /api/embed, /api/embeddings ---------------------------------------------------------
+
+
+class EmbedRequest(msgspec.Struct):
+    model: str = ""
+    input: str | list[str] | None = None
+    truncate: bool | None = None
+    dimensions: int | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: float | int | str | None = None
+
+
+class EmbedResponse(msgspec.Struct, omit_defaults=True):
+    model: str
+    embeddings: list[list[float]]
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+
+
+class EmbeddingRequest(msgspec.Struct):
+    """Legacy /api/embeddings: one prompt, an unnormalised vector."""
+
+    model: str = ""
+    prompt: str = ""
+    options: dict[str, Any] | None = None
+    keep_alive: float | int | str | None = None
+
+
+class EmbeddingResponse(msgspec.Struct):
+    embedding: list[float]
+
+
+# ---- models: tags, show, ps, copy, delete ------------------------------------------------
+
+
+class ListModel(msgspec.Struct):
+    name: str  # shortest form, e.g. "llama3.2:latest"
+    model: str
+    modified_at: str
+    size: int  # bytes of all layers plus config
+    digest: str  # 64 hex characters: sha256 of the manifest
+    details: ModelDetails
+
+
+class ListResponse(msgspec.Struct):
+    models: list[ListModel]
+
+
+class ShowRequest(msgspec.Struct):
+    model: str = ""
+    name: str = ""  # legacy spelling of model
+    verbose: bool = False
+    system: str = ""
+    template: str = ""
+    options: dict[str, Any] | None = None
+
+
+class ShowResponse(msgspec.Struct, omit_defaults=True):
+    modelfile: str
+    parameters: str
+    template: str
+    details: ModelDetails
+    model_info: dict[str, Any]  # always present (ollama-python requires it)
+    capabilities: list[str]
+    modified_at: str
+    license: str | None = None
+    system: str | None = None
+    messages: list[Message] | None = None
+
+
+class ProcessModel(msgspec.Struct):
+    name: str
+    model: str
+    size: int
+    digest: str
+    details: ModelDetails
+    expires_at: str
+    size_vram: int
+    context_length: int
+
+
+class ProcessResponse(msgspec.Struct):
+    models: list[ProcessModel]
+
+
+class CopyRequest(msgspec.Struct):
+    source: str = ""
+    destination: str = ""
+
+
+class DeleteRequest(msgspec.Struct):
+    model: str = ""
+    name: str = ""
+
+
+class VersionResponse(msgspec.Struct):
+    version: str
+
+
+class ErrorResponse(msgspec.Struct):
+    error: str
+
+
+# ---- options -----------------------------------------------------------------------------
+
+# Every option Ollama knows, with the JSON type it must have. Unknown keys are ignored
+# (clients still send removed ones); a known key with the wrong type is a 400.
+OPTION_TYPES: dict[str, type] = {
+    "num_keep": int,
+    "seed": int,
+    "num_predict": int,
+    "top_k": int,
+    "top_p": float,
+    "min_p": float,
+    "typical_p": float,
+    "repeat_last_n": int,
+    "temperature": float,
+    "repeat_penalty": float,
+    "presence_penalty": float,
+    "frequency_penalty": float,
+    "stop": list,
+    "num_ctx": int,
+    "num_batch": int,
+    "num_gpu": int,
+    "main_gpu": int,
+    "use_mmap": bool,
+    "num_thread": int,
+}

@@ -1,0 +1,77 @@
+"""Helpers every route module shares: decoding bodies, errors in Ollama's shape, NDJSON streams."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Request, Response
+from litestar.response import Stream
+
+from .types import ErrorResponse
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+
+
+class APIError(Exception):
+    """An error for the client: an HTTP status and a message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def now() -> str:
+    """RFC3339 with a timezone, as Go's time.Time marshals it."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def error(status: int, message: str) -> Response:
+    return Response(content=_encoder.encode(ErrorResponse(error=message)), status_code=status,
+                    media_type="application/json")
+
+
+async def decode(request: Request, kind: type[T], *, allow_empty: bool = False) -> T:
+    """Decode a JSON body strictly into a wire type; 400 with a clear message otherwise."""
+    body = await request.body()
+    if not body.strip():
+        if allow_empty:
+            return kind()
+        raise APIError(400, "missing request body")
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise APIError(400, f"invalid request: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise APIError(400, f"invalid JSON in request body: {exc}") from exc
+
+
+def json_response(obj: Any, status: int = 200) -> Response:
+    return Response(content=_encoder.encode(obj), status_code=status, media_type="application/json")
+
+
+def ndjson(first: Any, rest: AsyncIterator[Any], on_error: Callable[[Exception], Any]) -> Stream:
+    """Stream objects as NDJSON lines; an error after the first byte becomes a final `{"error"}` line."""
+
+    async def lines() -> AsyncIterator[bytes]:
+        yield _encoder.encode(first) + b"\n"
+        try:
+            async for obj in rest:
+                yield _encoder.encode(obj) + b"\n"
+        except Exception as exc:  # status is already 200: report in-band, like Ollama
+            yield _encoder.encode(on_error(exc)) + b"\n"
+
+    return Stream(content=lines(), media_type="application/x-ndjson")
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)

@@ -1,0 +1,158 @@
+"""The Litestar application: routes, errors in Ollama's shape, CORS and the Host check."""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import logging
+import socket
+
+from litestar import Litestar, Request, Response
+from litestar.exceptions import HTTPException, NotFoundException
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from .api import ollama
+from .api.wire import APIError, error
+from .config import Settings
+from .inference import Inference
+from .scheduler import Scheduler
+from .store.store import Store
+
+log = logging.getLogger("corral")
+
+DEFAULT_ORIGINS = [
+    "http://localhost", "https://localhost", "http://localhost:*", "https://localhost:*",
+    "http://127.0.0.1", "https://127.0.0.1", "http://127.0.0.1:*", "https://127.0.0.1:*",
+    "http://0.0.0.0", "https://0.0.0.0", "http://0.0.0.0:*", "https://0.0.0.0:*",
+    "app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*",
+]
+ALLOWED_HEADERS = (
+    "Authorization, Content-Type, User-Agent, Accept, X-Requested-With, OpenAI-Beta, x-stainless-arch, "
+    "x-stainless-async, x-stainless-custom-poll-interval, x-stainless-helper-method, x-stainless-lang, "
+    "x-stainless-os, x-stainless-package-version, x-stainless-poll-helper, x-stainless-retry-count, "
+    "x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout"
+)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host in ("localhost",)
+
+
+def host_allowed(host_header: str) -> bool:
+    """Ollama's rule for a server bound to loopback: refuse Host names that could be DNS rebinding."""
+    host = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+    host = host.strip("[]").lower()
+    if not host or host in ("localhost", socket.gethostname().lower()):
+        return True
+    if host.endswith((".localhost", ".local", ".internal")):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+        return ip.is_loopback or ip.is_private or ip.is_unspecified
+    except ValueError:
+        return False
+
+
+def cors_and_host(settings: Settings):
+    origins = DEFAULT_ORIGINS + settings.origins
+    check_host = _is_loopback(settings.host)
+
+    def allowed(origin: str) -> bool:
+        return any(o == "*" or fnmatch.fnmatchcase(origin, o) for o in origins)
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            if check_host and not host_allowed(headers.get("host", "")):
+                await _send_plain(send, 403, b"")
+                return
+            origin = headers.get("origin")
+            if origin is None:
+                await app(scope, receive, send)
+                return
+            if not allowed(origin):
+                await _send_plain(send, 403, b"")
+                return
+            cors = [
+                (b"access-control-allow-origin", origin.encode("latin-1")),
+                (b"vary", b"Origin"),
+            ]
+            if scope["method"] == "OPTIONS":
+                await send({"type": "http.response.start", "status": 204, "headers": cors + [
+                    (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"),
+                    (b"access-control-allow-headers", ALLOWED_HEADERS.encode()),
+                    (b"access-control-max-age", b"43200"),
+                ]})
+                await send({"type": "http.response.body", "body": b""})
+                return
+
+            async def send_with_cors(message):
+                if message["type"] == "http.response.start":
+                    message = dict(message)
+                    message["headers"] = list(message.get("headers", [])) + cors
+                await send(message)
+
+            await app(scope, receive, send_with_cors)
+
+        return handle
+
+    return middleware
+
+
+async def _send_plain(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _api_error(_: Request, exc: APIError) -> Response:
+    return error(exc.status, exc.message)
+
+
+def _http_error(request: Request, exc: HTTPException) -> Response:
+    if isinstance(exc, NotFoundException) and exc.detail in ("Not Found", ""):
+        return Response(content=b"404 page not found", status_code=404, media_type="text/plain")
+    status = exc.status_code
+    message = exc.detail or "error"
+    if status == 405:
+        message = "method not allowed"
+    return error(status, message)
+
+
+def _unexpected(_: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", exc_info=exc)
+    return error(500, str(exc) or exc.__class__.__name__)
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    store = Store(settings.models_dir)
+    scheduler = Scheduler(settings)
+    inference = Inference(settings, store, scheduler)
+
+    async def startup(app: Litestar) -> None:
+        if settings.embed_default_model:
+            from .store.default_model import ensure_default_model
+
+            ensure_default_model(store)
+
+    async def shutdown(app: Litestar) -> None:
+        await scheduler.close()
+
+    app = Litestar(
+        route_handlers=[*ollama.ROUTES],
+        middleware=[cors_and_host(settings)],
+        exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
+        on_startup=[startup],
+        on_shutdown=[shutdown],
+        openapi_config=None,
+        debug=False,
+    )
+    app.state.settings = settings
+    app.state.inference = inference
+    return app

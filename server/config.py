@@ -1,0 +1,115 @@
+"""Settings from the environment, with Ollama's variable names and defaults."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_PORT = 11434
+FOREVER = float("inf")
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str | int | float | None, default: float | None = None) -> float | None:
+    """keep_alive: a number of seconds or a Go duration string ("5m0s", "1h", "-1"); negative = forever.
+
+    Returns seconds (float('inf') for forever) or `default` when value is None/"".
+    Raises ValueError for anything else.
+    """
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            sign = -1.0 if text.startswith("-") else 1.0
+            body = text.lstrip("+-")
+            pos, total = 0, 0.0
+            for m in _DURATION_PART.finditer(body):
+                if m.start() != pos:
+                    break
+                total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+                pos = m.end()
+            if pos != len(body) or not body:
+                raise ValueError(f'time: invalid duration "{value}"') from None
+            seconds = sign * total
+    return FOREVER if seconds < 0 else seconds
+
+
+def parse_host(value: str | None) -> tuple[str, int]:
+    """OLLAMA_HOST: `host`, `host:port`, `:port`, `scheme://host:port` → (host, port)."""
+    text = (value or "").strip()
+    scheme = "http"
+    if "://" in text:
+        scheme, text = text.split("://", 1)
+    text = text.split("/", 1)[0]
+    default_port = {"http": DEFAULT_PORT, "https": 443}.get(scheme, DEFAULT_PORT)
+    if text.startswith("["):  # [::1]:port
+        host, _, rest = text[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") and rest[1:] else default_port
+        return host, port
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, ""
+    return (host or "127.0.0.1"), (int(port) if port else default_port)
+
+
+def _bool(name: str, default: bool = False) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    return raw in ("1", "true", "yes", "on")
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    models_dir: Path = field(default_factory=lambda: Path.home() / ".ollama" / "models")
+    keep_alive: float = 300.0  # seconds; inf = forever
+    num_parallel: int = 4
+    max_loaded_models: int = 3
+    max_queue: int = 512
+    context_length: int = 4096
+    origins: list[str] = field(default_factory=list)
+    flash_attention: bool = False
+    kv_cache_type: str = "f16"
+    load_timeout: float = 300.0
+    num_threads: int = 0  # 0 = the cores this process may run on
+    embed_default_model: bool = True
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        host, port = parse_host(os.environ.get("OLLAMA_HOST"))
+        models = os.environ.get("OLLAMA_MODELS")
+        origins = [o.strip() for o in os.environ.get("OLLAMA_ORIGINS", "").split(",") if o.strip()]
+        return cls(
+            host=host,
+            port=port,
+            models_dir=Path(models).expanduser() if models else Path.home() / ".ollama" / "models",
+            keep_alive=parse_duration(os.environ.get("OLLAMA_KEEP_ALIVE"), 300.0),
+            num_parallel=max(1, _int("OLLAMA_NUM_PARALLEL", 4)),
+            max_loaded_models=max(1, _int("OLLAMA_MAX_LOADED_MODELS", 3)),
+            max_queue=max(1, _int("OLLAMA_MAX_QUEUE", 512)),
+            context_length=max(256, _int("OLLAMA_CONTEXT_LENGTH", 4096)),
+            origins=origins,
+            flash_attention=_bool("OLLAMA_FLASH_ATTENTION"),
+            kv_cache_type=os.environ.get("OLLAMA_KV_CACHE_TYPE", "f16").strip().lower() or "f16",
+            load_timeout=parse_duration(os.environ.get("OLLAMA_LOAD_TIMEOUT"), 300.0),
+            num_threads=_int("CORRAL_NUM_THREADS", 0),
+            embed_default_model=not _bool("CORRAL_NO_DEFAULT_MODEL"),
+        )

@@ -1,0 +1,86 @@
+"""What the engine is asked to do and what it hands back: no HTTP, no wire formats."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Sampling:
+    """Per-request sampler settings (Ollama's option names and defaults)."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_last_n: int = 64
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int = -1
+    grammar: str | None = None  # GBNF, rooted at "root"
+
+
+@dataclass
+class Job:
+    """One generation: a tokenised prompt, how to sample, when to stop."""
+
+    tokens: list[int]
+    sampling: Sampling = field(default_factory=Sampling)
+    num_predict: int = -1  # -1: until end of generation or the context is full
+    stop: list[str] = field(default_factory=list)
+    num_keep: int = 4  # tokens kept at the start when the context shifts or a prompt is truncated
+    shift: bool = True
+    truncate: bool = True
+    stop_tokens: frozenset[int] = frozenset()  # extra end tokens (e.g. FIM file separators)
+    logprobs: int = -1  # -1: none; 0..20: chosen token's logprob plus this many alternatives
+
+    # filled by the engine
+    loop: asyncio.AbstractEventLoop | None = None
+    events: asyncio.Queue | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    truncated: int = 0  # prompt tokens dropped to fit the context
+
+    def cancel(self) -> None:
+        """Ask the engine to stop this job; its sequence is freed at the next step."""
+        self.cancelled.set()
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+@dataclass
+class Piece:
+    """Text produced by one step (may be empty while a stop string or a UTF-8 character is pending)."""
+
+    text: str
+    token: int
+    logprob: TokenLogprob | None = None
+    top: list[TokenLogprob] | None = None
+
+
+@dataclass
+class Done:
+    reason: str  # "stop" or "length"
+    prompt_tokens: int  # prompt length after truncation
+    prompt_eval_count: int  # prompt tokens evaluated (cached ones skipped)
+    prompt_eval_ns: int
+    eval_count: int
+    eval_ns: int
+    output_tokens: list[int]
+    text_tail: str = ""  # held-back text released at the end
+
+
+@dataclass
+class Failed:
+    message: str
+
+
+Event = Piece | Done | Failed

@@ -1,0 +1,181 @@
+"""The llama.cpp C API, as much of it as Corral needs, behind small Python types.
+
+Everything here goes through `llama_cpp.llama_cpp` (ctypes); ctypes releases the GIL during
+foreign calls, so a decode on one thread leaves the asyncio loop free.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from pathlib import Path
+
+import llama_cpp.llama_cpp as C
+
+log = logging.getLogger("corral.engine")
+llama_log = logging.getLogger("llama.cpp")
+
+_init_lock = threading.Lock()
+_initialised = False
+_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_log_state = {"level": logging.DEBUG, "buf": ""}
+
+
+@C.llama_log_callback
+def _on_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    # GGML_LOG_LEVEL_CONT (5) continues the previous message; lines may arrive in pieces.
+    if level != 5:
+        _log_state["level"] = _LEVELS.get(level, logging.DEBUG)
+    _log_state["buf"] += text.decode("utf-8", errors="replace")
+    while "\n" in _log_state["buf"]:
+        line, _log_state["buf"] = _log_state["buf"].split("\n", 1)
+        if line.strip():
+            llama_log.log(_log_state["level"], "%s", line)
+
+
+def init_backend() -> None:
+    """Load llama.cpp's backends once per process and route its logs into Python logging."""
+    global _initialised
+    with _init_lock:
+        if _initialised:
+            return
+        C.llama_log_set(_on_log, ctypes.c_void_p(0))
+        C.llama_backend_init()
+        _initialised = True
+
+
+def supports_gpu() -> bool:
+    init_backend()
+    return bool(C.llama_supports_gpu_offload())
+
+
+def default_threads() -> int:
+    """The cores this process may run on: more threads than cores makes decode slower."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class LoadError(RuntimeError):
+    """A model or context could not be created."""
+
+
+class LlamaModel:
+    """Weights and vocabulary of one GGUF file."""
+
+    def __init__(self, path: str | Path, *, n_gpu_layers: int = -1, use_mmap: bool = True, extra_bufts: bool = False):
+        init_backend()
+        params = C.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers if n_gpu_layers >= 0 else (999 if supports_gpu() else 0)
+        params.use_mmap = use_mmap
+        params.use_extra_bufts = extra_bufts
+        self.path = str(path)
+        self.n_gpu_layers = params.n_gpu_layers
+        ptr = C.llama_model_load_from_file(self.path.encode(), params)
+        if not ptr:
+            raise LoadError(f"unable to load model: {self.path}")
+        self.ptr = ptr
+        self.vocab = C.llama_model_get_vocab(ptr)
+        self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = C.llama_model_n_ctx_train(ptr)
+        self.n_embd = C.llama_model_n_embd(ptr)
+        self.n_layer = C.llama_model_n_layer(ptr)
+        self.size = C.llama_model_size(ptr)
+        self.bos = C.llama_vocab_bos(self.vocab)
+        self.eos = C.llama_vocab_eos(self.vocab)
+        self.add_bos = bool(C.llama_vocab_get_add_bos(self.vocab))
+        self.has_encoder = bool(C.llama_model_has_encoder(ptr))
+        self.has_decoder = bool(C.llama_model_has_decoder(ptr))
+        self.fim = {
+            name: getattr(C, f"llama_vocab_fim_{name}")(self.vocab) for name in ("pre", "suf", "mid", "pad", "rep", "sep")
+        }
+        self._piece_lock = threading.Lock()
+        self._piece_buf = ctypes.create_string_buffer(256)
+
+    def close(self) -> None:
+        if self.ptr:
+            C.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        n_max = len(data) + 16
+        buf = (C.llama_token * n_max)()
+        n = C.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, parse_special)
+        if n < 0:  # buffer too small: -n is the size needed
+            n_max = -n
+            buf = (C.llama_token * n_max)()
+            n = C.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int, buf: ctypes.Array | None = None, special: bool = True) -> bytes:
+        """The bytes of one token (may be part of a UTF-8 character)."""
+        buf = buf if buf is not None else ctypes.create_string_buffer(256)
+        n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def detokenize(self, tokens: list[int], special: bool = False) -> str:
+        buf = ctypes.create_string_buffer(256)
+        return b"".join(self.piece(t, buf, special) for t in tokens).decode("utf-8", errors="replace")
+
+    def token_text(self, token: int) -> str:
+        raw = C.llama_vocab_get_text(self.vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    def is_eog(self, token: int) -> bool:
+        return bool(C.llama_vocab_is_eog(self.vocab, token))
+
+    def is_control(self, token: int) -> bool:
+        return bool(C.llama_vocab_is_control(self.vocab, token))
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = C.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return None if n < 0 else buf.value.decode("utf-8", errors="replace")
+
+
+KV_TYPES = {"f16": C.GGML_TYPE_F16, "q8_0": C.GGML_TYPE_Q8_0, "q4_0": C.GGML_TYPE_Q4_0}
+
+
+def context_params(
+    *,
+    n_ctx: int,
+    n_batch: int,
+    n_seq_max: int,
+    n_threads: int,
+    embeddings: bool = False,
+    flash_attention: bool = False,
+    kv_cache_type: str = "f16",
+) -> "C.llama_context_params":
+    params = C.llama_context_default_params()
+    params.n_ctx = n_ctx
+    params.n_batch = n_batch
+    params.n_ubatch = min(n_batch, 512) if not embeddings else n_batch
+    params.n_seq_max = n_seq_max
+    params.n_threads = n_threads
+    params.n_threads_batch = n_threads
+    params.embeddings = embeddings
+    params.kv_unified = False  # a stream per sequence: its numerics never depend on its neighbours
+    params.swa_full = True  # keep whole sliding-window caches so prefixes can be reused
+    params.no_perf = True
+    # -1 auto, 0 off, 1 on; a quantized V cache needs flash attention
+    quantized = kv_cache_type in ("q8_0", "q4_0")
+    params.flash_attn_type = 1 if (flash_attention or quantized) else -1
+    params.type_k = KV_TYPES.get(kv_cache_type, C.GGML_TYPE_F16)
+    params.type_v = KV_TYPES.get(kv_cache_type, C.GGML_TYPE_F16)
+    if embeddings:
+        params.pooling_type = C.LLAMA_POOLING_TYPE_UNSPECIFIED
+    return params
+
+
+def new_context(model: LlamaModel, params: "C.llama_context_params") -> ctypes.c_void_p:
+    ctx = C.llama_init_from_model(model.ptr, params)
+    if not ctx:
+        raise LoadError("unable to create a llama.cpp context (out of memory for this num_ctx?)")
+    return ctx

@@ -1,0 +1,405 @@
+"""Continuous batching over one llama.cpp context.
+
+One decode thread per loaded model. Each step it admits waiting jobs into free sequences,
+packs one token of every generating sequence plus chunks of new prompts into a single
+`llama_batch`, calls `llama_decode` once, samples each sequence with its own native chain
+and posts every produced piece to the asyncio loop in one call.
+
+A sequence keeps its tokens in the KV cache after its job ends; the next job is placed in
+the idle sequence sharing the longest prefix with its prompt, and only the rest is computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import collections
+import ctypes
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import AsyncIterator
+
+import llama_cpp.llama_cpp as C
+
+from .job import Done, Event, Failed, Job, Piece, TokenLogprob
+from .llama import LlamaModel, LoadError, context_params, default_threads, new_context
+from .sampling import Chain
+
+log = logging.getLogger("corral.engine")
+
+
+class ContextLengthError(ValueError):
+    """The prompt does not fit the context and truncation was turned off."""
+
+
+class _Seq:
+    """One llama.cpp sequence: the tokens its KV cache holds and the job using it."""
+
+    def __init__(self, seq_id: int):
+        self.id = seq_id
+        self.cache: list[int] = []  # tokens whose KV entries exist, position = index
+        self.last_used = 0.0
+        self.reset_job()
+
+    def reset_job(self) -> None:
+        self.job: Job | None = None
+        self.chain: Chain | None = None
+        self.prompt: list[int] = []
+        self.fed = 0  # prompt tokens placed in the cache so far
+        self.next_token = -1  # sampled but not yet decoded
+        self.generated: list[int] = []
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.held = ""  # text held back because it may start a stop string
+        self.out_row = -1  # batch row of this sequence's logits in the current step
+        self.cached = 0
+        self.t_admit = 0
+        self.t_first = 0
+
+    @property
+    def generating(self) -> bool:
+        return self.job is not None and self.fed == len(self.prompt)
+
+
+class Runner:
+    """A loaded model serving up to `n_parallel` sequences of `n_ctx` tokens each."""
+
+    def __init__(
+        self,
+        model: LlamaModel,
+        *,
+        n_ctx: int,
+        n_parallel: int = 4,
+        n_batch: int = 512,
+        n_threads: int = 0,
+        flash_attention: bool = False,
+        kv_cache_type: str = "f16",
+    ):
+        self.model = model
+        self.n_ctx = n_ctx
+        self.n_parallel = n_parallel
+        self.n_batch = max(n_batch, n_parallel)
+        self.n_threads = n_threads or default_threads()
+        params = context_params(
+            n_ctx=n_ctx * n_parallel,
+            n_batch=self.n_batch,
+            n_seq_max=n_parallel,
+            n_threads=self.n_threads,
+            flash_attention=flash_attention,
+            kv_cache_type=kv_cache_type,
+        )
+        self.ctx = new_context(model, params)
+        self.memory = C.llama_get_memory(self.ctx)
+        self.can_shift = bool(C.llama_memory_can_shift(self.memory))
+        self.batch = C.llama_batch_init(self.n_batch, 0, 1)
+        self.seqs = [_Seq(i) for i in range(n_parallel)]
+        self._pending: collections.deque[Job] = collections.deque()
+        self._wake = threading.Condition()
+        self._closing = False
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self.active = 0  # jobs admitted or waiting: the scheduler never unloads a busy runner
+        self.stats = {"prompt_tokens": 0, "generated_tokens": 0, "steps": 0}
+        self._thread = threading.Thread(target=self._loop, name="corral-decode", daemon=True)
+        self._thread.start()
+
+    # ---- public API (called from the asyncio loop) -------------------------------------
+
+    def fit(self, job: Job) -> None:
+        """Make the prompt fit the context: truncate (keeping num_keep) or refuse."""
+        limit = self.n_ctx - 1
+        if job.num_predict > 0:
+            limit = max(self.n_ctx // 2, self.n_ctx - job.num_predict)
+        if len(job.tokens) <= limit:
+            return
+        if not job.truncate:
+            raise ContextLengthError("the input length exceeds the context length")
+        keep = min(max(job.num_keep, 0), limit // 2)
+        drop = len(job.tokens) - limit
+        job.tokens = job.tokens[:keep] + job.tokens[keep + drop:]
+        job.truncated = drop
+        log.warning("truncating input prompt: dropped %d tokens, kept %d", drop, len(job.tokens))
+
+    async def generate(self, job: Job) -> AsyncIterator[Event]:
+        """Run a job, yielding its events; leaving early cancels it."""
+        if not job.tokens:
+            raise ValueError("empty prompt")
+        self.fit(job)
+        job.loop = asyncio.get_running_loop()
+        job.events = asyncio.Queue()
+        with self._wake:
+            self.active += 1
+            self._pending.append(job)
+            self._wake.notify()
+        finished = False
+        try:
+            while True:
+                event = await job.events.get()
+                if isinstance(event, (Done, Failed)):
+                    finished = True
+                yield event
+                if finished:
+                    return
+        finally:
+            if not finished:
+                job.cancel()
+                with self._wake:
+                    self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join()
+        for seq in self.seqs:
+            if seq.chain:
+                seq.chain.free()
+        C.llama_batch_free(self.batch)
+        C.llama_free(self.ctx)
+        self.ctx = None
+
+    # ---- decode thread -----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closing and not self._pending and not any(s.job for s in self.seqs):
+                    self._wake.wait()
+                if self._closing:
+                    break
+            out: list[tuple[Job, Event]] = []
+            try:
+                self._admit(out)
+                self._step(out)
+            except Exception as exc:  # never let the loop die: fail what was running
+                log.exception("decode step failed")
+                for seq in self.seqs:
+                    if seq.job is not None:
+                        self._finish_failed(seq, f"generation failed: {exc}", out)
+            self._post(out)
+        # fail whatever is still waiting
+        out = []
+        for seq in self.seqs:
+            if seq.job is not None:
+                self._finish_failed(seq, "model unloaded", out)
+        while self._pending:
+            job = self._pending.popleft()
+            out.append((job, Failed("model unloaded")))
+            self.active -= 1
+        self._post(out)
+
+    def _post(self, out: list[tuple[Job, Event]]) -> None:
+        """Hand a step's events to the loop(s) in one call per loop."""
+        if not out:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for job, event in out:
+            if job.loop is not None:
+                by_loop.setdefault(job.loop, []).append((job, event))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # loop closed
+                pass
+
+    def _admit(self, out: list[tuple[Job, Event]]) -> None:
+        with self._wake:
+            while self._pending:
+                free = [s for s in self.seqs if s.job is None]
+                if not free:
+                    return
+                job = self._pending.popleft()
+                if job.cancelled.is_set():
+                    self.active -= 1
+                    continue
+                self._start(job, free, out)
+
+    def _start(self, job: Job, free: list[_Seq], out: list[tuple[Job, Event]]) -> None:
+        # the idle sequence sharing the longest prefix with this prompt; least recently used on ties
+        best = max(free, key=lambda s: (len(os.path.commonprefix([s.cache, job.tokens])), -s.last_used))
+        keep = len(os.path.commonprefix([best.cache, job.tokens]))
+        keep = min(keep, len(job.tokens) - 1)  # the last prompt token is always computed: it gives the logits
+        if keep < len(best.cache):
+            if not C.llama_memory_seq_rm(self.memory, best.id, keep, -1):
+                C.llama_memory_seq_rm(self.memory, best.id, -1, -1)
+                keep = 0
+            del best.cache[keep:]
+        try:
+            chain = Chain(self.model.vocab, self.model.n_vocab, job.sampling)
+        except ValueError as exc:
+            self.active -= 1
+            out.append((job, Failed(str(exc))))
+            return
+        chain.feed_history(job.tokens[-job.sampling.repeat_last_n:] if job.sampling.repeat_last_n > 0 else job.tokens)
+        best.reset_job()
+        best.job, best.chain, best.prompt = job, chain, job.tokens
+        best.fed = best.cached = keep
+        best.t_admit = time.perf_counter_ns()
+        if keep:
+            log.debug("seq %d: reusing %d cached prompt tokens of %d", best.id, keep, len(job.tokens))
+
+    def _step(self, out: list[tuple[Job, Event]]) -> None:
+        for seq in self.seqs:
+            if seq.job is not None and seq.job.cancelled.is_set():
+                self._release(seq)
+        batch, n = self.batch, 0
+        # one token for every generating sequence first: running streams never wait on prompts
+        for seq in self.seqs:
+            seq.out_row = -1
+            if seq.job is not None and seq.generating:
+                if len(seq.cache) >= self.n_ctx and not self._shift(seq, out):
+                    continue
+                n = self._add(seq, seq.next_token, n, logits=True)
+        # then prompt chunks, as much as the batch holds
+        for seq in self.seqs:
+            if seq.job is None or seq.generating:
+                continue
+            while seq.fed < len(seq.prompt) and n < self.n_batch:
+                token = seq.prompt[seq.fed]
+                seq.fed += 1
+                n = self._add(seq, token, n, logits=seq.fed == len(seq.prompt))
+        if n == 0:
+            return
+        batch.n_tokens = n
+        rc = C.llama_decode(self.ctx, batch)
+        if rc != 0:
+            for seq in self.seqs:
+                if seq.out_row >= 0 or (seq.job is not None and not seq.generating):
+                    C.llama_memory_seq_rm(self.memory, seq.id, -1, -1)
+                    seq.cache.clear()
+                    if seq.job is not None:
+                        self._finish_failed(seq, f"llama_decode failed with status {rc}", out)
+            return
+        self.stats["steps"] += 1
+        now = time.perf_counter_ns()
+        for seq in self.seqs:
+            if seq.out_row >= 0 and seq.job is not None:
+                self._sampled(seq, now, out)
+
+    def _add(self, seq: _Seq, token: int, n: int, *, logits: bool) -> int:
+        b = self.batch
+        b.token[n] = token
+        b.pos[n] = len(seq.cache)
+        b.n_seq_id[n] = 1
+        b.seq_id[n][0] = seq.id
+        b.logits[n] = logits
+        if logits:
+            seq.out_row = n
+        seq.cache.append(token)
+        return n + 1
+
+    def _shift(self, seq: _Seq, out: list[tuple[Job, Event]]) -> bool:
+        """The context is full: drop half of what follows num_keep, or end the job."""
+        job = seq.job
+        if not (job.shift and self.can_shift):
+            self._finish(seq, "length", out)
+            return False
+        keep = min(job.num_keep, len(seq.cache) // 2)
+        discard = (len(seq.cache) - keep) // 2
+        C.llama_memory_seq_rm(self.memory, seq.id, keep, keep + discard)
+        C.llama_memory_seq_add(self.memory, seq.id, keep + discard, -1, -discard)
+        del seq.cache[keep:keep + discard]
+        return True
+
+    def _sampled(self, seq: _Seq, now: int, out: list[tuple[Job, Event]]) -> None:
+        job = seq.job
+        token = seq.chain.sample(self.ctx, seq.out_row)
+        if not seq.generated and seq.t_first == 0:
+            seq.t_first = now
+        if self.model.is_eog(token) or token in job.stop_tokens:
+            self._finish(seq, "stop", out)
+            return
+        seq.generated.append(token)
+        seq.next_token = token
+        raw = self.model.piece(token, self._piece_buf)
+        text = seq.decoder.decode(raw)
+        logprob = top = None
+        if job.logprobs >= 0:
+            logprob, top = self._logprobs(seq.out_row, token, job.logprobs)
+        stopped = False
+        if job.stop:
+            text, stopped = self._apply_stops(seq, text)
+        out.append((job, Piece(text, token, logprob, top)))
+        if stopped:
+            self._finish(seq, "stop", out)
+        elif 0 < job.num_predict <= len(seq.generated):
+            self._finish(seq, "length", out)
+
+    def _apply_stops(self, seq: _Seq, text: str) -> tuple[str, bool]:
+        """Cut at the first stop string; hold back a tail that may still become one."""
+        held = seq.held + text
+        cut = min((i for i in (held.find(s) for s in seq.job.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            seq.held = ""
+            return held[:cut], True
+        hold = 0
+        for s in seq.job.stop:
+            for k in range(min(len(s) - 1, len(held)), hold, -1):
+                if s.startswith(held[-k:]):
+                    hold = k
+                    break
+        seq.held = held[len(held) - hold:] if hold else ""
+        return held[: len(held) - hold], False
+
+    def _logprobs(self, row: int, token: int, top_n: int) -> tuple[TokenLogprob, list[TokenLogprob]]:
+        import numpy as np
+
+        logits = np.ctypeslib.as_array(C.llama_get_logits_ith(self.ctx, row), shape=(self.model.n_vocab,))
+        m = float(logits.max())
+        lse = m + math.log(float(np.exp(logits - m).sum()))
+
+        def entry(t: int) -> TokenLogprob:
+            piece = self.model.piece(int(t))
+            return TokenLogprob(piece.decode("utf-8", errors="replace"), float(logits[t]) - lse, list(piece))
+
+        top: list[TokenLogprob] = []
+        if top_n > 0:
+            idx = np.argpartition(-logits, top_n)[:top_n]
+            top = [entry(int(t)) for t in idx[np.argsort(-logits[idx])]]
+        return entry(token), top
+
+    def _finish(self, seq: _Seq, reason: str, out: list[tuple[Job, Event]]) -> None:
+        job = seq.job
+        now = time.perf_counter_ns()
+        tail = seq.held + seq.decoder.decode(b"", final=True)
+        first = seq.t_first or now
+        self.stats["prompt_tokens"] += len(seq.prompt) - seq.cached
+        self.stats["generated_tokens"] += len(seq.generated)
+        out.append(
+            (
+                job,
+                Done(
+                    reason=reason,
+                    prompt_tokens=len(seq.prompt),
+                    prompt_eval_count=len(seq.prompt) - seq.cached,
+                    prompt_eval_ns=max(first - seq.t_admit, 1),
+                    eval_count=len(seq.generated),
+                    eval_ns=max(now - first, 1),
+                    output_tokens=list(seq.generated),
+                    text_tail=tail,
+                ),
+            )
+        )
+        self._release(seq)
+
+    def _finish_failed(self, seq: _Seq, message: str, out: list[tuple[Job, Event]]) -> None:
+        out.append((seq.job, Failed(message)))
+        self._release(seq)
+
+    def _release(self, seq: _Seq) -> None:
+        """Free the sequence for the next job; its KV cache stays for prefix reuse."""
+        if seq.chain is not None:
+            seq.chain.free()
+        seq.last_used = time.monotonic()
+        seq.reset_job()
+        with self._wake:
+            self.active -= 1
+
+
+def _deliver(items: list[tuple[Job, Event]]) -> None:
+    for job, event in items:
+        job.events.put_nowait(event)
+
+
+__all__ = ["Runner", "ContextLengthError", "LoadError"]

@@ -1,0 +1,237 @@
+"""Which models are loaded: load on first use, keep_alive expiry, LRU eviction, the queue limit.
+
+The scheduler hands out a `Loaded` model for the length of one request (`async with
+scheduler.use(...)`); when the last request on it ends, its keep_alive timer starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from .config import FOREVER, Settings
+from .engine.embedder import Embedder
+from .engine.llama import LlamaModel, LoadError, supports_gpu
+from .engine.runner import Runner
+from .store.gguf import GGUFError, read_info
+from .store.model import Model
+
+log = logging.getLogger("corral.scheduler")
+
+
+class QueueFull(Exception):
+    def __str__(self) -> str:
+        return "server busy, please try again.  maximum pending requests exceeded"
+
+
+class ModelLoadError(Exception):
+    """The model cannot be loaded (corrupt file, not a model, out of memory)."""
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """Options that shape the loaded context: changing one reloads the model (as in Ollama)."""
+
+    num_ctx: int
+    num_gpu: int = -1
+    num_batch: int = 512
+    num_thread: int = 0
+
+
+@dataclass
+class Loaded:
+    model: Model
+    options: RunnerOptions
+    llama: LlamaModel
+    runner: Runner
+    keep_alive: float
+    loaded_at: float = field(default_factory=time.time)
+    expires_at: float = FOREVER  # wall-clock seconds; FOREVER while in use or kept forever
+    last_used: float = field(default_factory=time.monotonic)
+    users: int = 0
+    embedder: Embedder | None = None
+    timer: asyncio.TimerHandle | None = None
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def size(self) -> int:
+        """Weights plus KV cache, in bytes."""
+        return self.llama.size + self.kv_bytes
+
+    @property
+    def kv_bytes(self) -> int:
+        info = self.model.gguf
+        n_layer = self.llama.n_layer
+        n_head_kv = int(info.arch_value("attention.head_count_kv", 0) or 0) or 1
+        n_head = int(info.arch_value("attention.head_count", 0) or 0) or 1
+        key_len = int(info.arch_value("attention.key_length", 0) or 0) or self.llama.n_embd // n_head
+        val_len = int(info.arch_value("attention.value_length", 0) or 0) or key_len
+        cells = self.runner.n_ctx * self.runner.n_parallel
+        return n_layer * cells * n_head_kv * (key_len + val_len) * 2  # f16 K and V
+
+    @property
+    def size_vram(self) -> int:
+        if not supports_gpu() or self.llama.n_gpu_layers == 0:
+            return 0
+        share = min(1.0, self.llama.n_gpu_layers / max(1, self.llama.n_layer + 1))
+        return int(self.size * share)
+
+    def embedder_for(self, n_threads: int) -> Embedder:
+        if self.embedder is None:
+            self.embedder = Embedder(self.llama, n_ctx=self.options.num_ctx, n_threads=n_threads)
+        return self.embedder
+
+    def close(self) -> None:
+        if self.timer:
+            self.timer.cancel()
+        self.runner.close()
+        if self.embedder is not None:
+            self.embedder.close()
+        self.llama.close()
+
+
+class Scheduler:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.loaded: dict[str, Loaded] = {}  # by model digest
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiting = 0
+
+    # ---- requests ----------------------------------------------------------------------
+
+    def check_queue(self) -> None:
+        """Refuse a request when too many are already waiting for a free sequence."""
+        queued = self._waiting + sum(len(l.runner._pending) for l in self.loaded.values())
+        if queued >= self.settings.max_queue:
+            raise QueueFull()
+
+    @contextlib.asynccontextmanager
+    async def use(self, model: Model, options: RunnerOptions, keep_alive: float | None) -> AsyncIterator[Loaded]:
+        """Hold a loaded model for one request; afterwards its keep_alive starts counting."""
+        self.check_queue()
+        keep_alive = self.settings.keep_alive if keep_alive is None else keep_alive
+        self._waiting += 1
+        try:
+            loaded = await self._acquire(model, options)
+        finally:
+            self._waiting -= 1
+        loaded.users += 1
+        loaded.keep_alive = keep_alive
+        if loaded.timer:
+            loaded.timer.cancel()
+            loaded.timer = None
+        loaded.expires_at = FOREVER
+        try:
+            yield loaded
+        finally:
+            loaded.users -= 1
+            loaded.last_used = time.monotonic()
+            if loaded.users == 0:
+                self._arm(loaded)
+
+    async def load(self, model: Model, options: RunnerOptions, keep_alive: float | None) -> Loaded:
+        """Load (or refresh) a model without running anything: the empty-prompt form."""
+        async with self.use(model, options, keep_alive) as loaded:
+            return loaded
+
+    async def unload(self, digest: str) -> bool:
+        loaded = self.loaded.get(digest)
+        if loaded is None:
+            return False
+        await self._evict(loaded)
+        return True
+
+    def running(self) -> list[Loaded]:
+        return sorted(self.loaded.values(), key=lambda l: l.expires_at, reverse=True)
+
+    async def close(self) -> None:
+        for loaded in list(self.loaded.values()):
+            await self._evict(loaded)
+
+    # ---- internals ---------------------------------------------------------------------
+
+    def _arm(self, loaded: Loaded) -> None:
+        if loaded.keep_alive == FOREVER:
+            loaded.expires_at = FOREVER
+            return
+        loaded.expires_at = time.time() + loaded.keep_alive
+        loop = asyncio.get_running_loop()
+        loaded.timer = loop.call_later(loaded.keep_alive, lambda: asyncio.ensure_future(self._expire(loaded)))
+
+    async def _expire(self, loaded: Loaded) -> None:
+        if loaded.users == 0 and self.loaded.get(loaded.model.digest) is loaded:
+            log.info("unloading %s (keep_alive expired)", loaded.name)
+            await self._evict(loaded)
+
+    async def _evict(self, loaded: Loaded) -> None:
+        if self.loaded.get(loaded.model.digest) is loaded:
+            del self.loaded[loaded.model.digest]
+        if loaded.timer:
+            loaded.timer.cancel()
+        loaded.expires_at = 0
+        await asyncio.to_thread(loaded.close)
+
+    async def _acquire(self, model: Model, options: RunnerOptions) -> Loaded:
+        lock = self._locks.setdefault(model.digest, asyncio.Lock())
+        async with lock:
+            current = self.loaded.get(model.digest)
+            if current is not None and current.options == options:
+                return current
+            if current is not None:  # other runner options: reload once it is idle
+                await self._wait_idle(current)
+                await self._evict(current)
+            await self._make_room()
+            loaded = await asyncio.wait_for(
+                asyncio.to_thread(self._load, model, options), timeout=self.settings.load_timeout
+            )
+            self.loaded[model.digest] = loaded
+            return loaded
+
+    async def _wait_idle(self, loaded: Loaded) -> None:
+        while loaded.users > 0:
+            await asyncio.sleep(0.05)
+
+    async def _make_room(self) -> None:
+        while len(self.loaded) >= self.settings.max_loaded_models:
+            idle = [l for l in self.loaded.values() if l.users == 0]
+            if idle:
+                victim = min(idle, key=lambda l: l.last_used)
+                log.info("unloading %s to make room", victim.name)
+                await self._evict(victim)
+            else:
+                await asyncio.sleep(0.05)
+
+    def _load(self, model: Model, options: RunnerOptions) -> Loaded:
+        path = model.model_path
+        if path is None or not path.is_file():
+            raise ModelLoadError(f"model '{model.name}' has no model file")
+        try:
+            read_info(str(path))  # a clear error for files that are not GGUF models, before llama.cpp
+            llama = LlamaModel(path, n_gpu_layers=options.num_gpu)
+        except (GGUFError, LoadError) as exc:
+            raise ModelLoadError(f"unable to load model {model.name}: {exc}") from exc
+        try:
+            runner = Runner(
+                llama,
+                n_ctx=options.num_ctx,
+                n_parallel=self.settings.num_parallel,
+                n_batch=options.num_batch,
+                n_threads=options.num_thread or self.settings.num_threads,
+                flash_attention=self.settings.flash_attention,
+                kv_cache_type=self.settings.kv_cache_type,
+            )
+        except LoadError as exc:
+            llama.close()
+            raise ModelLoadError(f"unable to load model {model.name}: {exc}") from exc
+        log.info(
+            "loaded %s: num_ctx=%d parallel=%d gpu_layers=%d threads=%d",
+            model.name, options.num_ctx, self.settings.num_parallel, llama.n_gpu_layers, runner.n_threads,
+        )
+        return Loaded(model=model, options=options, llama=llama, runner=runner, keep_alive=self.settings.keep_alive)

@@ -1,0 +1,76 @@
+"""The manifest format: Docker's image manifest v2, with Ollama's layer media types."""
+
+from __future__ import annotations
+
+import msgspec
+
+MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
+
+MODEL = "application/vnd.ollama.image.model"
+ADAPTER = "application/vnd.ollama.image.adapter"
+PROJECTOR = "application/vnd.ollama.image.projector"
+TEMPLATE = "application/vnd.ollama.image.template"
+SYSTEM = "application/vnd.ollama.image.system"
+PARAMS = "application/vnd.ollama.image.params"
+MESSAGES = "application/vnd.ollama.image.messages"
+LICENSE = "application/vnd.ollama.image.license"
+
+
+class Layer(msgspec.Struct, omit_defaults=True):
+    mediaType: str
+    digest: str
+    size: int
+    # Ollama records the layer's origin for some layers; kept as-is when present.
+    from_: str | None = msgspec.field(default=None, name="from")
+
+
+class Manifest(msgspec.Struct, omit_defaults=True):
+    schemaVersion: int = 2
+    mediaType: str = MANIFEST_MEDIA_TYPE
+    config: Layer | None = None
+    layers: list[Layer] = msgspec.field(default_factory=list)
+
+    def layer(self, media_type: str) -> Layer | None:
+        """The last layer of a media type (Ollama lets later layers override earlier ones)."""
+        found = None
+        for layer in self.layers:
+            if layer.mediaType == media_type:
+                found = layer
+        return found
+
+    def all_layers(self, media_type: str) -> list[Layer]:
+        return [layer for layer in self.layers if layer.mediaType == media_type]
+
+    def digests(self) -> list[str]:
+        out = [layer.digest for layer in self.layers]
+        if self.config is not None:
+            out.append(self.config.digest)
+        return out
+
+    @property
+    def size(self) -> int:
+        """What `ollama list` reports: every layer plus the config blob."""
+        return sum(layer.size for layer in self.layers) + (self.config.size if self.config else 0)
+
+
+class ModelConfig(msgspec.Struct, omit_defaults=True):
+    """The config blob: what /api/show's details are made from."""
+
+    model_format: str = "gguf"
+    model_family: str = ""
+    model_families: list[str] | None = None
+    model_type: str = ""
+    file_type: str = ""
+    architecture: str = "amd64"
+    os: str = "linux"
+    rootfs: dict | None = None
+    parent_model: str = ""
+
+
+def decode(data: bytes) -> Manifest:
+    return msgspec.json.decode(data, type=Manifest)
+
+
+def encode(manifest: Manifest) -> bytes:
+    return msgspec.json.encode(manifest)

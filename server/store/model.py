@@ -1,0 +1,166 @@
+"""A stored model, resolved: its GGUF file, template, parameters and what it can do."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import manifest as mf
+from .gguf import FILE_TYPES, GGUFInfo, read_info, read_tokens
+from .store import Entry, Store
+
+
+@dataclass
+class Model:
+    store: Store
+    entry: Entry
+
+    @property
+    def name(self) -> str:
+        return self.entry.name.display
+
+    @property
+    def digest(self) -> str:
+        return self.entry.digest
+
+    @property
+    def manifest(self) -> mf.Manifest:
+        return self.entry.manifest
+
+    def _text(self, media_type: str) -> str | None:
+        layer = self.manifest.layer(media_type)
+        return None if layer is None else self.store.read_blob(layer.digest).decode("utf-8")
+
+    @functools.cached_property
+    def model_path(self) -> Path | None:
+        layer = self.manifest.layer(mf.MODEL)
+        return None if layer is None else self.store.blob_path(layer.digest)
+
+    @functools.cached_property
+    def adapter_paths(self) -> list[Path]:
+        return [self.store.blob_path(layer.digest) for layer in self.manifest.all_layers(mf.ADAPTER)]
+
+    @functools.cached_property
+    def projector_path(self) -> Path | None:
+        layer = self.manifest.layer(mf.PROJECTOR)
+        return None if layer is None else self.store.blob_path(layer.digest)
+
+    @functools.cached_property
+    def template(self) -> str | None:
+        """The Go text/template from the template layer (Modelfile TEMPLATE / registry models)."""
+        return self._text(mf.TEMPLATE)
+
+    @functools.cached_property
+    def system(self) -> str | None:
+        return self._text(mf.SYSTEM)
+
+    @functools.cached_property
+    def license(self) -> list[str]:
+        return [self.store.read_blob(layer.digest).decode("utf-8") for layer in self.manifest.all_layers(mf.LICENSE)]
+
+    @functools.cached_property
+    def parameters(self) -> dict[str, Any]:
+        text = self._text(mf.PARAMS)
+        return json.loads(text) if text else {}
+
+    @functools.cached_property
+    def messages(self) -> list[dict]:
+        text = self._text(mf.MESSAGES)
+        return json.loads(text) if text else []
+
+    @functools.cached_property
+    def config(self) -> mf.ModelConfig:
+        if self.manifest.config is None or not self.store.has_blob(self.manifest.config.digest):
+            return mf.ModelConfig()
+        import msgspec
+
+        try:
+            return msgspec.json.decode(self.store.read_blob(self.manifest.config.digest), type=mf.ModelConfig)
+        except msgspec.DecodeError:
+            return mf.ModelConfig()
+
+    @functools.cached_property
+    def gguf(self) -> GGUFInfo:
+        if self.model_path is None:
+            return GGUFInfo(version=0, tensor_count=0)
+        return _cached_info(str(self.model_path))
+
+    @property
+    def architecture(self) -> str:
+        return self.gguf.architecture
+
+    @property
+    def chat_template(self) -> str | None:
+        """The Jinja chat template shipped inside the GGUF, if any."""
+        value = self.gguf.kv.get("tokenizer.chat_template")
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def context_length(self) -> int:
+        return int(self.gguf.arch_value("context_length", 0) or 0)
+
+    def details(self) -> dict[str, Any]:
+        cfg = self.config
+        family = cfg.model_family or self.architecture
+        families = cfg.model_families or ([family] if family else None)
+        ftype = self.gguf.kv.get("general.file_type")
+        return {
+            "parent_model": cfg.parent_model,
+            "format": cfg.model_format or "gguf",
+            "family": family,
+            "families": families,
+            "parameter_size": cfg.model_type or str(self.gguf.kv.get("general.size_label", "")),
+            "quantization_level": cfg.file_type or FILE_TYPES.get(ftype, "") if ftype is not None else cfg.file_type,
+        }
+
+    @functools.cached_property
+    def has_fim_tokens(self) -> bool:
+        """Whether llama.cpp will find fill-in-the-middle tokens in this vocabulary."""
+        kv = self.gguf.kv
+        if all(f"tokenizer.ggml.fim_{k}_token_id" in kv for k in ("pre", "suf", "mid")):
+            return True
+        if self.model_path is None:
+            return False
+        tokens = set(_cached_tokens(str(self.model_path)))
+        return any(all(t in tokens for t in triple) for triple in FIM_TOKEN_TEXTS)
+
+    def capabilities(self) -> list[str]:
+        """Computed like Ollama: a pooling type means an embedding model; the template decides the rest."""
+        if self.gguf.arch_value("pooling_type") is not None:
+            return ["embedding"]
+        caps = ["completion"]
+        go = self.template or ""
+        jinja = self.chat_template or ""
+        if ".Tools" in go or (not go and "tools" in jinja):
+            caps.append("tools")
+        if ".Suffix" in go or self.has_fim_tokens:
+            caps.append("insert")
+        if self.projector_path is not None:
+            caps.append("vision")
+        if ".Think" in go or (not go and "<think>" in jinja):
+            caps.append("thinking")
+        return caps
+
+
+# (prefix, suffix, middle) token texts llama.cpp recognises as FIM markers
+FIM_TOKEN_TEXTS = [
+    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
+    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
+    ("<fim-prefix>", "<fim-suffix>", "<fim-middle>"),
+    ("<|fim▁begin|>", "<|fim▁hole|>", "<|fim▁end|>"),
+    ("<PRE>", "<SUF>", "<MID>"),
+    ("▁<PRE>", "▁<SUF>", "▁<MID>"),
+]
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_tokens(path: str) -> tuple[str, ...]:
+    return tuple(read_tokens(path))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_info(path: str) -> GGUFInfo:
+    return read_info(path)

@@ -1,0 +1,1 @@
+"""Corral tools (later issues)."""
