@@ -109,7 +109,7 @@ async def _until_disconnect(request: Request, work: asyncio.Future) -> Any:
 def _load_response(model: str, final: Final, chat: bool) -> Response:
     stamp = now()
     if chat:
-        body = t.ChatResponse(model=model, created_at=stamp, message=t.Message(role="assistant", content=""),
+        body = t.ChatResponse(model=model, created_at=stamp, message=t.ResponseMessage(role="assistant", content=""),
                               done=True, done_reason=final.done_reason)
     else:
         body = t.GenerateResponse(model=model, created_at=stamp, response="", done=True,
@@ -200,11 +200,11 @@ async def chat(request: Request) -> Response | Stream:
 
     def wire(item: Delta | Final) -> t.ChatResponse:
         if isinstance(item, Final):
-            return t.ChatResponse(model=req.model, created_at=now(), message=t.Message(role="assistant", content=""),
+            return t.ChatResponse(model=req.model, created_at=now(), message=t.ResponseMessage(role="assistant", content=""),
                                   done=True, **_stats(item))
         return t.ChatResponse(
             model=req.model, created_at=now(), done=False, logprobs=_logprobs(item),
-            message=t.Message(role="assistant", content=item.content, thinking=item.thinking or None,
+            message=t.ResponseMessage(role="assistant", content=item.content, thinking=item.thinking or None,
                               tool_calls=_tool_calls(item.tool_calls)),
         )
 
@@ -219,7 +219,7 @@ async def chat(request: Request) -> Response | Stream:
         while True:
             if isinstance(item, Final):
                 out = wire(item)
-                out.message = t.Message(role="assistant", content="".join(text), thinking="".join(thinking) or None,
+                out.message = t.ResponseMessage(role="assistant", content="".join(text), thinking="".join(thinking) or None,
                                         tool_calls=_tool_calls(calls))
                 out.logprobs = lps or None
                 return out

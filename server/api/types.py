@@ -38,6 +38,15 @@ class Message(msgspec.Struct, omit_defaults=True):
     tool_call_id: str | None = None
 
 
+class ResponseMessage(msgspec.Struct, omit_defaults=True):
+    """The assistant message in chat responses: `content` is always present, the rest only when set."""
+
+    role: str
+    content: str
+    thinking: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
 class Tool(msgspec.Struct, omit_defaults=True):
     """A function the model may call: `{type: "function", function: {name, description, parameters}}`."""
 
@@ -132,7 +141,7 @@ class ChatRequest(msgspec.Struct):
 class ChatResponse(msgspec.Struct, omit_defaults=True):
     model: str
     created_at: str
-    message: Message
+    message: ResponseMessage
     done: bool
     done_reason: str | None = None
     total_duration: int | None = None

@@ -150,6 +150,23 @@ class Store:
             os.replace(tmp, dest)
         return mf.Layer(mediaType="", digest=digest, size=size)
 
+    def commit_partial(self, digest: str) -> mf.Layer:
+        """Verify a finished download (`partial_path`) and make it the blob; on a mismatch delete it."""
+        digest = parse_digest(digest)
+        partial = self.partial_path(digest)
+        h = hashlib.sha256()
+        with open(partial, "rb") as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+        actual = "sha256:" + h.hexdigest()
+        if actual != digest:
+            partial.unlink(missing_ok=True)
+            raise DigestMismatch(f"digest mismatch, file must be downloaded again: want {digest}, got {actual}")
+        size = partial.stat().st_size
+        os.chmod(partial, 0o644)
+        os.replace(partial, self.blob_path(digest))
+        return mf.Layer(mediaType="", digest=digest, size=size)
+
     def read_blob(self, digest: str) -> bytes:
         return self.blob_path(digest).read_bytes()
 
@@ -204,8 +221,10 @@ class Store:
             path=path,
         )
 
-    def write_manifest(self, name: str | ModelName, manifest: mf.Manifest) -> Entry:
-        """Make a model visible; refuses while any of its blobs is missing."""
+    def write_manifest(self, name: str | ModelName, manifest: mf.Manifest, raw: bytes | None = None) -> Entry:
+        """Make a model visible; refuses while any of its blobs is missing.
+
+        `raw`: the manifest's exact bytes (as a registry served them), written instead of re-encoding."""
         name = name if isinstance(name, ModelName) else ModelName.parse(name)
         for digest in manifest.digests():
             if not self.has_blob(digest):
@@ -217,7 +236,7 @@ class Store:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as f:
-                    f.write(mf.encode(manifest))
+                    f.write(raw if raw is not None else mf.encode(manifest))
                     f.flush()
                     os.fsync(f.fileno())
                 os.chmod(tmp, 0o644)

@@ -1,0 +1,1057 @@
+"""JSON Schema -> llama.cpp GBNF grammars.
+
+Pure Python, no engine coupling.  The grammars produced here are meant for
+``llama_sampler_init_grammar(vocab, grammar, "root")``.
+
+Public API
+----------
+``json_grammar()``                 any JSON value whose top level is an object.
+``schema_grammar(schema)``         a value valid for ``schema`` (any top-level type).
+``object_schema_grammar(schema)``  like ``schema_grammar`` but the top level must be an object.
+``tool_call_grammar(tools, ...)``  one or more tool calls in a template's style.
+``SchemaError``                    raised for invalid or unsupported schemas.
+
+Conventions of the generated grammars:
+
+* Whitespace between JSON tokens is allowed but bounded (``ws``: nothing, one
+  space/tab, or a newline followed by up to 20 spaces/tabs), so a grammar can
+  never let a model loop on whitespace.  No whitespace before or after the
+  top-level value.
+* Numbers have at most 16 integral and 16 fractional digits (exponent <= 4).
+* Object properties come out in the schema's order; required ones are always
+  present, optional ones may be skipped (grammar size is linear in the number
+  of properties).
+* Strings are emitted as-is (non-ASCII allowed raw) with standard JSON escapes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, Iterable
+from urllib.parse import unquote
+
+__all__ = [
+    "SchemaError",
+    "json_grammar",
+    "schema_grammar",
+    "object_schema_grammar",
+    "tool_call_grammar",
+    "TOOL_CALL_STYLES",
+]
+
+
+class SchemaError(ValueError):
+    """The schema is invalid or uses a feature the converter cannot enforce."""
+
+
+def _unsupported(feature: str) -> SchemaError:
+    return SchemaError(f"unsupported JSON schema feature: {feature}")
+
+
+# --------------------------------------------------------------------------
+# primitive rules
+
+_PRIMITIVES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "ws": (r'| [ \t] | "\n" [ \t]{0,20}', ()),
+    "char": (r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})', ()),
+    "string": (r'"\"" char* "\""', ("char",)),
+    "int-part": (r'"0" | [1-9] [0-9]{0,15}', ()),
+    "frac-part": (r'[0-9]{1,16}', ()),
+    "number": (r'"-"? int-part ("." frac-part)? ([eE] [-+]? [0-9]{1,4})?', ("int-part", "frac-part")),
+    "integer": (r'"-"? int-part', ("int-part",)),
+    "boolean": (r'"true" | "false"', ()),
+    "null": (r'"null"', ()),
+    "value": (r"object | array | string | number | boolean | null",
+              ("object", "array", "string", "number", "boolean", "null")),
+    "object": (r'"{" ws ( string ws ":" ws value ws ( "," ws string ws ":" ws value ws )* )? "}"',
+               ("ws", "string", "value")),
+    "array": (r'"[" ws ( value ws ( "," ws value ws )* )? "]"', ("ws", "value")),
+    "uuid": (r'"\"" [0-9a-fA-F]{8} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{12} "\""', ()),
+    "date": (r'[0-9]{4} "-" ( "0" [1-9] | "1" [0-2] ) "-" ( "0" [1-9] | [1-2] [0-9] | "3" [0-1] )', ()),
+    "time": (r'( [01] [0-9] | "2" [0-3] ) ":" [0-5] [0-9] ":" [0-5] [0-9] ( "." [0-9]{1,6} )? ( "Z" | [+-] ( [01] [0-9] | "2" [0-3] ) ":" [0-5] [0-9] )', ()),
+    "date-time": (r'date "T" time', ("date", "time")),
+    "date-string": (r'"\"" date "\""', ("date",)),
+    "time-string": (r'"\"" time "\""', ("time",)),
+    "date-time-string": (r'"\"" date-time "\""', ("date-time",)),
+}
+
+_FORMAT_RULES = {"date": "date-string", "time": "time-string", "date-time": "date-time-string", "uuid": "uuid"}
+
+# Keywords that only annotate a schema: ignored wherever they appear.
+_ANNOTATIONS = frozenset({
+    "title", "description", "default", "examples", "example", "$schema", "$id", "id", "$comment",
+    "deprecated", "readOnly", "writeOnly", "contentEncoding", "contentMediaType", "discriminator",
+    "xml", "externalDocs", "$anchor", "strict",
+})
+
+# Constraint keywords the converter cannot enforce.
+_UNSUPPORTED = {
+    "pattern": "pattern",
+    "patternProperties": "patternProperties",
+    "propertyNames": "propertyNames",
+    "not": "not",
+    "if": "if/then/else",
+    "then": "if/then/else",
+    "else": "if/then/else",
+    "dependencies": "dependencies",
+    "dependentRequired": "dependentRequired",
+    "dependentSchemas": "dependentSchemas",
+    "unevaluatedProperties": "unevaluatedProperties",
+    "unevaluatedItems": "unevaluatedItems",
+    "contains": "contains",
+    "minContains": "minContains",
+    "maxContains": "maxContains",
+    "multipleOf": "multipleOf",
+    "minProperties": "minProperties",
+    "maxProperties": "maxProperties",
+    "$dynamicRef": "$dynamicRef",
+    "$recursiveRef": "$recursiveRef",
+    "formatMinimum": "formatMinimum",
+    "formatMaximum": "formatMaximum",
+}
+
+_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
+
+_OBJECT_KEYS = ("properties", "additionalProperties", "required")
+_ARRAY_KEYS = ("items", "prefixItems", "minItems", "maxItems", "additionalItems")
+_STRING_KEYS = ("minLength", "maxLength", "format")
+_NUMBER_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _lit(text: str) -> str:
+    """A GBNF string literal matching ``text`` exactly."""
+    out = ['"']
+    for ch in text:
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append("\\x%02X" % ord(ch))
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _class_char(ch: str) -> str:
+    """One character for use inside a GBNF character class."""
+    if ch.isalnum() and ord(ch) < 0x80:
+        return ch
+    if ord(ch) < 0x80:
+        return "\\x%02X" % ord(ch)
+    return ch
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+def _rep(item: str, lo: int, hi: int | None) -> str:
+    """GBNF repetition of ``item`` (an atom) lo..hi times ('' when it can only be empty)."""
+    if hi is not None and hi <= 0:
+        return ""
+    if hi is not None and hi < lo:
+        raise SchemaError(f"empty repetition {lo}..{hi}")
+    if hi is None:
+        if lo == 0:
+            return f"{item}*"
+        if lo == 1:
+            return f"{item}+"
+        return f"{item}{{{lo},}}"
+    if lo == hi:
+        return item if lo == 1 else f"{item}{{{lo}}}"
+    if lo == 0 and hi == 1:
+        return f"{item}?"
+    return f"{item}{{{lo},{hi}}}"
+
+
+def _seq(*parts: str) -> str:
+    return " ".join(p for p in parts if p)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# --------------------------------------------------------------------------
+# integer / number ranges
+
+
+def _same_len_range(lo: str, hi: str) -> list[str]:
+    """Alternatives matching decimal strings of equal length in [lo, hi]."""
+    if not lo:
+        return [""]
+    if lo == hi:
+        return [_lit(lo)]
+    a, b = int(lo[0]), int(hi[0])
+    rest = len(lo) - 1
+    if a == b:
+        inner = _same_len_range(lo[1:], hi[1:])
+        return [_seq(_lit(lo[0]), _group(inner))]
+    alts: list[str] = []
+    lo_all_zero = set(lo[1:]) <= {"0"}
+    hi_all_nine = set(hi[1:]) <= {"9"}
+    start = a if lo_all_zero else a + 1
+    end = b if hi_all_nine else b - 1
+    if not lo_all_zero:
+        alts.append(_seq(_lit(lo[0]), _group(_same_len_range(lo[1:], "9" * rest))))
+    if start <= end:
+        cls = f"[{start}]" if start == end else f"[{start}-{end}]"
+        alts.append(_seq(cls, _rep("[0-9]", rest, rest)))
+    if not hi_all_nine:
+        alts.append(_seq(_lit(hi[0]), _group(_same_len_range("0" * rest, hi[1:]))))
+    return alts
+
+
+def _group(alts: list[str]) -> str:
+    alts = [a for a in alts]
+    if len(alts) == 1:
+        return alts[0]
+    return "( " + " | ".join(a if a else '""' for a in alts) + " )"
+
+
+_MAX_DIGITS = 16
+
+
+def _nonneg_range(lo: int, hi: int | None) -> list[str]:
+    """Alternatives for canonical decimal integers n with lo <= n <= hi (hi None: unbounded)."""
+    alts: list[str] = []
+    if hi is not None and hi < lo:
+        return alts
+    lo_len = len(str(lo))
+    hi_len = len(str(hi)) if hi is not None else max(_MAX_DIGITS, lo_len)
+    for length in range(lo_len, hi_len + 1):
+        first = 0 if length == 1 else 10 ** (length - 1)
+        last = 10 ** length - 1
+        a = max(lo, first)
+        if hi is None and a == first and length > 1:
+            # every longer length is unconstrained: one alternative for all of them
+            alts.append(_seq("[1-9]", _rep("[0-9]", length - 1, max(_MAX_DIGITS, length) - 1)))
+            break
+        b = last if hi is None else min(hi, last)
+        if a > b:
+            continue
+        alts.extend(_same_len_range(str(a), str(b)))
+    return alts
+
+
+def _int_range(lo: int | None, hi: int | None) -> str:
+    """GBNF expression for integers in [lo, hi] (None: unbounded)."""
+    alts: list[str] = []
+    if lo is None or lo < 0:  # negative part: "-" m with m in [max(1, -hi), -lo]
+        m_lo = 1 if hi is None or hi >= 0 else -hi
+        m_hi = None if lo is None else -lo
+        neg = _nonneg_range(m_lo, m_hi)
+        if neg:
+            alts.append(_seq('"-"', _group(neg)))
+    if hi is None or hi >= 0:
+        pos = _nonneg_range(max(lo, 0) if lo is not None else 0, hi)
+        alts.extend(pos)
+    if not alts:
+        raise SchemaError(f"empty integer range: minimum {lo} > maximum {hi}")
+    return _group(alts)
+
+
+# --------------------------------------------------------------------------
+# schema merging (allOf, $ref with siblings, anyOf with shared keywords)
+
+
+def _merge(a: dict, b: dict, where: str = "allOf") -> dict:
+    out = dict(a)
+    for key, bv in b.items():
+        if key in _ANNOTATIONS:
+            out.setdefault(key, bv)
+            continue
+        if key not in out:
+            out[key] = bv
+            continue
+        av = out[key]
+        if av == bv:
+            continue
+        if key == "type":
+            at = av if isinstance(av, list) else [av]
+            bt = bv if isinstance(bv, list) else [bv]
+            both = [t for t in at if t in bt or (t == "integer" and "number" in bt)]
+            both += [t for t in bt if t == "integer" and "number" in at and t not in both]
+            if not both:
+                raise _unsupported(f"{where} with conflicting 'type'")
+            out[key] = both if len(both) > 1 else both[0]
+        elif key == "properties":
+            if not isinstance(av, dict) or not isinstance(bv, dict):
+                raise SchemaError("'properties' must be an object")
+            props = dict(av)
+            for name, ps in bv.items():
+                if name in props and props[name] != ps:
+                    pa, pb = props[name], ps
+                    if pa is True or pa == {}:
+                        props[name] = pb
+                    elif pb is True or pb == {}:
+                        pass
+                    elif isinstance(pa, dict) and isinstance(pb, dict):
+                        props[name] = {"allOf": [pa, pb]}
+                    else:
+                        raise _unsupported(f"{where} with conflicting property '{name}'")
+                else:
+                    props[name] = ps
+            out[key] = props
+        elif key == "required":
+            out[key] = list(av) + [r for r in bv if r not in av]
+        elif key == "enum":
+            both = [v for v in av if v in bv]
+            if not both:
+                raise _unsupported(f"{where} with conflicting 'enum'")
+            out[key] = both
+        elif key in ("minimum", "minLength", "minItems", "exclusiveMinimum") and _is_num(av) and _is_num(bv):
+            out[key] = max(av, bv)
+        elif key in ("maximum", "maxLength", "maxItems", "exclusiveMaximum") and _is_num(av) and _is_num(bv):
+            out[key] = min(av, bv)
+        elif key == "additionalProperties" and (av is True or av == {}):
+            out[key] = bv
+        elif key == "additionalProperties" and (bv is True or bv == {}):
+            pass
+        elif key in ("$defs", "definitions") and isinstance(av, dict) and isinstance(bv, dict):
+            out[key] = {**av, **bv}
+        else:
+            raise _unsupported(f"{where} with conflicting '{key}'")
+    return out
+
+
+def _constraint_keys(schema: dict) -> list[str]:
+    return [k for k in schema if k not in _ANNOTATIONS and k not in ("$defs", "definitions")]
+
+
+def _value_matches_type(value: Any, typ: str) -> bool:
+    return {
+        "string": lambda v: isinstance(v, str),
+        "integer": lambda v: _is_int(v) or (isinstance(v, float) and v.is_integer()),
+        "number": _is_num,
+        "boolean": lambda v: isinstance(v, bool),
+        "null": lambda v: v is None,
+        "object": lambda v: isinstance(v, dict),
+        "array": lambda v: isinstance(v, list),
+    }[typ](value)
+
+
+# --------------------------------------------------------------------------
+# the converter
+
+
+class _Converter:
+    def __init__(self) -> None:
+        self.rules: dict[str, str] = {}
+        self._by_body: dict[str, str] = {}
+        self._refs: dict[tuple[int, str], str] = {}
+        self._docs: list[Any] = []  # keep root documents alive (ids are map keys)
+
+    # -- rule bookkeeping ------------------------------------------------
+    @staticmethod
+    def _sanitize(name: str) -> str:
+        name = re.sub(r"[^A-Za-z0-9-]+", "-", name).strip("-")
+        return name or "r"
+
+    def _fresh(self, hint: str) -> str:
+        base = self._sanitize(hint)
+        if base in _PRIMITIVES and base not in self.rules:
+            base = base + "-r"
+        name, i = base, 1
+        while name in self.rules or name in _PRIMITIVES or name == "root":
+            i += 1
+            name = f"{base}-{i}"
+        return name
+
+    def add(self, hint: str, body: str) -> str:
+        """Add a rule (deduplicated by body) and return its name."""
+        if body in self._by_body:
+            return self._by_body[body]
+        name = self._fresh(hint)
+        self.rules[name] = body
+        self._by_body[body] = name
+        return name
+
+    def prim(self, name: str) -> str:
+        if name not in self.rules:
+            body, deps = _PRIMITIVES[name]
+            self.rules[name] = body
+            for dep in deps:
+                self.prim(dep)
+        return name
+
+    def render(self, root_expr: str) -> str:
+        lines = [f"root ::= {root_expr}"]
+        for name, body in self.rules.items():
+            lines.append(f"{name} ::= {body}")
+        return "\n".join(lines) + "\n"
+
+    # -- literals --------------------------------------------------------
+    def literal(self, value: Any) -> str:
+        if isinstance(value, dict):
+            ws = self.prim("ws")
+            parts = []
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise SchemaError("const/enum object keys must be strings")
+                parts.append(_seq(_lit(_json_text(k)), ws, '":"', ws, self.literal(v), ws))
+            return "( " + _seq('"{"', ws, f' "," {ws} '.join(parts), '"}"') + " )"
+        if isinstance(value, list):
+            ws = self.prim("ws")
+            parts = [_seq(self.literal(v), ws) for v in value]
+            return "( " + _seq('"["', ws, f' "," {ws} '.join(parts), '"]"') + " )"
+        try:
+            return _lit(_json_text(value))
+        except (TypeError, ValueError) as exc:
+            raise SchemaError(f"const/enum value is not JSON: {value!r}") from exc
+
+    # -- refs ------------------------------------------------------------
+    def resolve(self, ref: str, doc: Any) -> tuple[Any, str]:
+        if not isinstance(ref, str):
+            raise SchemaError("'$ref' must be a string")
+        if not ref.startswith("#"):
+            raise _unsupported(f"remote $ref '{ref}'")
+        pointer = unquote(ref[1:])
+        target: Any = doc
+        hint = "root"
+        if pointer:
+            if not pointer.startswith("/"):
+                raise _unsupported(f"$ref anchor '{ref}'")
+            for part in pointer[1:].split("/"):
+                part = part.replace("~1", "/").replace("~0", "~")
+                if isinstance(target, dict) and part in target:
+                    target = target[part]
+                elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
+                    target = target[int(part)]
+                else:
+                    raise SchemaError(f"unresolvable $ref '{ref}'")
+                hint = part
+        return target, hint
+
+    def ref_rule(self, ref: str, doc: Any) -> str:
+        key = (id(doc), ref)
+        if key in self._refs:
+            return self._refs[key]
+        target, hint = self.resolve(ref, doc)
+        name = self._fresh(hint)
+        self.rules[name] = ""  # reserve (recursion)
+        self._refs[key] = name
+        body = self.visit(target, doc, name)
+        self.rules[name] = body
+        return name
+
+    # -- schema visiting ---------------------------------------------------
+    def visit(self, schema: Any, doc: Any, hint: str) -> str:
+        """Return a GBNF expression (a rule name or an atom/group) for ``schema``."""
+        if schema is True:
+            return self.prim("value")
+        if schema is False:
+            raise _unsupported("false schema (no value is valid)")
+        if not isinstance(schema, dict):
+            raise SchemaError(f"schema must be an object or a boolean, got {type(schema).__name__}")
+
+        for key in schema:
+            if key in _UNSUPPORTED:
+                raise _unsupported(_UNSUPPORTED[key])
+        if schema.get("uniqueItems") is True:
+            raise _unsupported("uniqueItems")
+
+        if "$ref" in schema:
+            siblings = {k: v for k, v in schema.items() if k != "$ref" and k not in _ANNOTATIONS
+                        and k not in ("$defs", "definitions")}
+            if not siblings:
+                return self.ref_rule(schema["$ref"], doc)
+            target, _ = self.resolve(schema["$ref"], doc)
+            if target is True:
+                target = {}
+            if not isinstance(target, dict):
+                raise SchemaError(f"$ref '{schema['$ref']}' does not point to a schema")
+            if "$ref" in target:
+                return self.visit({"allOf": [{"$ref": target["$ref"]}, siblings,
+                                             {k: v for k, v in target.items() if k != "$ref"}]}, doc, hint)
+            return self.visit(_merge(target, siblings, "$ref"), doc, hint)
+
+        if "allOf" in schema:
+            parts = schema["allOf"]
+            if not isinstance(parts, list) or not parts:
+                raise SchemaError("'allOf' must be a non-empty array")
+            merged: dict = {k: v for k, v in schema.items() if k != "allOf"}
+            for part in parts:
+                part = self._deref(part, doc)
+                merged = _merge(merged, part)
+            return self.visit(merged, doc, hint)
+
+        if "anyOf" in schema or "oneOf" in schema:
+            if "anyOf" in schema and "oneOf" in schema:
+                raise _unsupported("anyOf together with oneOf")
+            key = "anyOf" if "anyOf" in schema else "oneOf"
+            alts = schema[key]
+            if not isinstance(alts, list) or not alts:
+                raise SchemaError(f"'{key}' must be a non-empty array")
+            base = {k: v for k, v in schema.items() if k != key}
+            shared = _constraint_keys(base)
+            exprs = []
+            for i, alt in enumerate(alts):
+                if shared:
+                    alt = _merge(base, self._deref(alt, doc), key)
+                exprs.append(self.visit(alt, doc, f"{hint}-{i}"))
+            return self.add(hint, _group(_dedupe(exprs)))
+
+        if "nullable" in schema:
+            rest = {k: v for k, v in schema.items() if k != "nullable"}
+            if schema["nullable"] is True:
+                inner = self.visit(rest, doc, hint)
+                return self.add(hint, _group(_dedupe([inner, self.prim("null")])))
+            return self.visit(rest, doc, hint)
+
+        typ = schema.get("type")
+        types: list[str] | None
+        if typ is None:
+            types = None
+        elif isinstance(typ, str):
+            types = [typ]
+        elif isinstance(typ, list) and typ and all(isinstance(t, str) for t in typ):
+            types = list(dict.fromkeys(typ))
+        else:
+            raise SchemaError(f"'type' must be a string or a non-empty array of strings, got {typ!r}")
+        for t in types or ():
+            if t not in _TYPES:
+                raise SchemaError(f"unknown type '{t}'")
+
+        if "const" in schema or "enum" in schema:
+            if "const" in schema:
+                values = [schema["const"]]
+                if "enum" in schema and schema["const"] not in (schema["enum"] or []):
+                    raise _unsupported("const conflicting with enum")
+            else:
+                values = schema["enum"]
+                if not isinstance(values, list) or not values:
+                    raise SchemaError("'enum' must be a non-empty array")
+            if types is not None:
+                values = [v for v in values if any(_value_matches_type(v, t) for t in types)]
+                if not values:
+                    raise _unsupported("enum/const values conflicting with 'type'")
+            return self.add(hint, _group(_dedupe([self.literal(v) for v in values])))
+
+        if types is None:
+            types = self._infer_types(schema)
+            if types is None:
+                return self.prim("value")
+
+        if len(types) > 1:
+            exprs = [self.visit_type(t, schema, doc, f"{hint}-{t}") for t in types]
+            return self.add(hint, _group(_dedupe(exprs)))
+        return self.visit_type(types[0], schema, doc, hint)
+
+    def _deref(self, schema: Any, doc: Any) -> dict:
+        seen = 0
+        while isinstance(schema, dict) and "$ref" in schema and len(schema) == 1:
+            schema, _ = self.resolve(schema["$ref"], doc)
+            seen += 1
+            if seen > 32:
+                raise _unsupported("circular $ref inside allOf")
+        if schema is True:
+            return {}
+        if not isinstance(schema, dict):
+            raise SchemaError(f"schema must be an object or a boolean, got {type(schema).__name__}")
+        return schema
+
+    @staticmethod
+    def _infer_types(schema: dict) -> list[str] | None:
+        if any(k in schema for k in _OBJECT_KEYS):
+            return ["object"]
+        if any(k in schema for k in _ARRAY_KEYS):
+            return ["array"]
+        if any(k in schema for k in _STRING_KEYS):
+            return ["string"]
+        if any(k in schema for k in _NUMBER_KEYS):
+            return ["number"]
+        return None
+
+    def visit_type(self, typ: str, schema: dict, doc: Any, hint: str) -> str:
+        if typ == "object":
+            return self.visit_object(schema, doc, hint)
+        if typ == "array":
+            return self.visit_array(schema, doc, hint)
+        if typ == "string":
+            return self.visit_string(schema, hint)
+        if typ == "integer":
+            return self.visit_integer(schema, hint)
+        if typ == "number":
+            return self.visit_number(schema, hint)
+        if typ == "boolean":
+            return self.prim("boolean")
+        return self.prim("null")
+
+    # -- strings ----------------------------------------------------------
+    def visit_string(self, schema: dict, hint: str) -> str:
+        lo = schema.get("minLength", 0)
+        hi = schema.get("maxLength")
+        if not _is_int(lo) or lo < 0 or (hi is not None and (not _is_int(hi) or hi < 0)):
+            raise SchemaError("minLength/maxLength must be non-negative integers")
+        if hi is not None and hi < lo:
+            raise SchemaError(f"minLength {lo} > maxLength {hi}")
+        fmt = schema.get("format")
+        if fmt in _FORMAT_RULES and lo == 0 and hi is None:
+            return self.prim(_FORMAT_RULES[fmt])
+        if lo == 0 and hi is None:
+            return self.prim("string")
+        char = self.prim("char")
+        return self.add(hint, _seq(r'"\""', _rep(char, lo, hi), r'"\""'))
+
+    # -- numbers ----------------------------------------------------------
+    @staticmethod
+    def _bounds(schema: dict) -> tuple[Any, bool, Any, bool]:
+        """(lower, lower_exclusive, upper, upper_exclusive) from the schema."""
+        lo, lo_ex, hi, hi_ex = schema.get("minimum"), False, schema.get("maximum"), False
+        emin, emax = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+        if emin is True:  # draft 4
+            lo_ex = True
+        elif _is_num(emin) and (lo is None or emin >= lo):
+            lo, lo_ex = emin, True
+        if emax is True:
+            hi_ex = True
+        elif _is_num(emax) and (hi is None or emax <= hi):
+            hi, hi_ex = emax, True
+        for v in (lo, hi):
+            if v is not None and (not _is_num(v) or not math.isfinite(v)):
+                raise SchemaError(f"numeric bound must be a finite number, got {v!r}")
+        return lo, lo_ex, hi, hi_ex
+
+    def visit_integer(self, schema: dict, hint: str) -> str:
+        lo, lo_ex, hi, hi_ex = self._bounds(schema)
+        if lo is None and hi is None:
+            return self.prim("integer")
+        ilo = None if lo is None else (math.floor(lo) + 1 if lo_ex else math.ceil(lo))
+        ihi = None if hi is None else (math.ceil(hi) - 1 if hi_ex else math.floor(hi))
+        return self.add(hint, _int_range(ilo, ihi))
+
+    def visit_number(self, schema: dict, hint: str) -> str:
+        lo, lo_ex, hi, hi_ex = self._bounds(schema)
+        if lo is None and hi is None:
+            return self.prim("number")
+        for v, kw in ((lo, "minimum"), (hi, "maximum")):
+            if v is not None and not float(v).is_integer():
+                raise _unsupported(f"non-integer {kw} on a number ({v})")
+        lo = None if lo is None else int(lo)
+        hi = None if hi is None else int(hi)
+        if lo is not None and hi is not None and (lo > hi or (lo == hi and (lo_ex or hi_ex))):
+            raise SchemaError("empty number range")
+        frac = self.prim("frac-part")
+        any_frac = f'("." {frac})?'
+        zero_frac = '("." "0"{1,16})?'
+        nonzero_frac = f'"." [0-9]{{0,15}} [1-9] [0-9]{{0,15}}'
+        frac_expr = {"any": any_frac, "zero": zero_frac, "nonzero": nonzero_frac}
+
+        def magnitude(a: int, a_ex: bool, b: int | None, b_ex: bool) -> list[str]:
+            """Alternatives for y = I.F with y > a (or >=) and y < b (or <=), a >= 0."""
+            lows = [(a, a, "nonzero"), (a + 1, None, "any")] if a_ex else [(a, None, "any")]
+            if b is None:
+                highs = [(0, None, "any")]
+            elif b_ex:
+                highs = [(0, b - 1, "any")]
+            else:
+                highs = [(0, b - 1, "any"), (b, b, "zero")]
+            out = []
+            for l_lo, l_hi, l_kind in lows:
+                for h_lo, h_hi, h_kind in highs:
+                    r_lo = max(l_lo, h_lo)
+                    r_hi = l_hi if h_hi is None else (h_hi if l_hi is None else min(l_hi, h_hi))
+                    if r_hi is not None and r_hi < r_lo:
+                        continue
+                    kinds = {l_kind, h_kind} - {"any"}
+                    if len(kinds) > 1:
+                        continue
+                    kind = kinds.pop() if kinds else "any"
+                    ints = _nonneg_range(r_lo, r_hi)
+                    if ints:
+                        out.append(_seq(_group(ints), frac_expr[kind]))
+            return out
+
+        alts: list[str] = []
+        # non-negative values
+        if hi is None or hi > 0 or (hi == 0 and not hi_ex):
+            if lo is None or lo < 0:
+                alts += magnitude(0, False, hi, hi_ex)
+            else:
+                alts += magnitude(lo, lo_ex, hi, hi_ex)
+        # negative values: "-" y with y > 0
+        if lo is None or lo < 0:
+            if hi is None or hi >= 0:
+                y_lo, y_lo_ex = 0, True
+            else:
+                y_lo, y_lo_ex = -hi, hi_ex
+            y_hi, y_hi_ex = (None, False) if lo is None else (-lo, lo_ex)
+            neg = magnitude(y_lo, y_lo_ex, y_hi, y_hi_ex)
+            if neg:
+                alts.append(_seq('"-"', _group(neg)))
+        if not alts:
+            raise SchemaError("empty number range")
+        return self.add(hint, _group(alts))
+
+    # -- arrays -----------------------------------------------------------
+    def visit_array(self, schema: dict, doc: Any, hint: str) -> str:
+        ws = self.prim("ws")
+        lo = schema.get("minItems", 0)
+        hi = schema.get("maxItems")
+        if not _is_int(lo) or lo < 0 or (hi is not None and (not _is_int(hi) or hi < 0)):
+            raise SchemaError("minItems/maxItems must be non-negative integers")
+        if hi is not None and hi < lo:
+            raise SchemaError(f"minItems {lo} > maxItems {hi}")
+        items = schema.get("items", True)
+        prefix: list = []
+        if "prefixItems" in schema:
+            prefix = schema["prefixItems"]
+            if not isinstance(prefix, list):
+                raise SchemaError("'prefixItems' must be an array")
+        elif isinstance(items, list):  # draft 4-7 tuple form
+            prefix = items
+            items = schema.get("additionalItems", True)
+        if not isinstance(items, (dict, bool)):
+            raise SchemaError("'items' must be a schema")
+
+        k = len(prefix)
+        if items is False:
+            hi = k if hi is None else min(hi, k)
+            if lo > hi:
+                raise SchemaError("minItems larger than the number of allowed items")
+        item_exprs = [self.visit(p, doc, f"{hint}-{i}") for i, p in enumerate(prefix)]
+        rest_expr = self.visit(items, doc, f"{hint}-item") if items is not False else ""
+
+        # elements i.. (i > 0 means a comma precedes each element)
+        def tail(i: int) -> str:
+            sep = f'"," {ws} ' if i > 0 else ""
+            if i < k:
+                if hi is not None and i >= hi:
+                    return ""
+                el = f"{sep}{item_exprs[i]} {ws}"
+                nxt = tail(i + 1)
+                body = _seq(el, nxt)
+                return body if i < lo else f"( {body} )?"
+            if not rest_expr:
+                return ""
+            r_lo = max(lo - k, 0)
+            r_hi = None if hi is None else hi - k
+            if r_hi is not None and r_hi <= 0:
+                return ""
+            el = f"{rest_expr} {ws}"
+            if i > 0:
+                return _rep(f'( "," {ws} {el} )', r_lo, r_hi)
+            # first element of a plain array: no comma before it
+            more = _rep(f'( "," {ws} {el} )', max(r_lo - 1, 0), None if r_hi is None else r_hi - 1)
+            body = _seq(el, more)
+            return body if r_lo > 0 else f"( {body} )?"
+
+        return self.add(hint, _seq('"["', ws, tail(0), '"]"'))
+
+    # -- objects ----------------------------------------------------------
+    def visit_object(self, schema: dict, doc: Any, hint: str) -> str:
+        ws = self.prim("ws")
+        props = schema.get("properties", {})
+        if not isinstance(props, dict):
+            raise SchemaError("'properties' must be an object")
+        required = schema.get("required", [])
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            raise SchemaError("'required' must be an array of strings")
+        addl = schema.get("additionalProperties", None)
+        if addl is None:
+            addl = False if "properties" in schema else True
+        if not isinstance(addl, (bool, dict)):
+            raise SchemaError("'additionalProperties' must be a boolean or a schema")
+
+        order: list[tuple[str, Any, bool]] = []
+        for name, ps in props.items():
+            is_req = name in required
+            if ps is False:
+                if is_req:
+                    raise SchemaError(f"required property '{name}' has a false schema")
+                continue
+            order.append((name, ps, is_req))
+        for name in required:
+            if name not in props:
+                if addl is False:
+                    raise SchemaError(f"required property '{name}' is not allowed by the schema")
+                order.append((name, addl, True))
+
+        kvs = []
+        for name, ps, _ in order:
+            value = self.visit(ps, doc, f"{hint}-{name}")
+            kvs.append(self.add(f"{hint}-{name}-kv",
+                                _seq(_lit(_json_text(name)), ws, '":"', ws, value, ws)))
+
+        extra = ""
+        if addl is not False:
+            value = self.visit(addl, doc, f"{hint}-additional")
+            key = self._key_excluding([n for n, _, _ in order])
+            extra = self.add(f"{hint}-additional-kv", _seq(key, ws, '":"', ws, value, ws))
+
+        n = len(order)
+        rest_memo: dict[int, str] = {}
+        first_memo: dict[int, str] = {}
+
+        def rest(i: int) -> str:  # properties i.., something already emitted
+            if i in rest_memo:
+                return rest_memo[i]
+            if i == n:
+                expr = f'( "," {ws} {extra} )*' if extra else ""
+            else:
+                el = f'"," {ws} {kvs[i]}'
+                nxt = rest(i + 1)
+                expr = _seq(el, nxt) if order[i][2] else _seq(f"( {el} )?", nxt)
+                if not all(r for _, _, r in order[i:]) and nxt:
+                    expr = self.add(f"{hint}-rest-{i}", expr)
+            rest_memo[i] = expr
+            return expr
+
+        def first(i: int) -> str:  # properties i.., nothing emitted yet
+            if i in first_memo:
+                return first_memo[i]
+            if i == n:
+                expr = f'( {extra} ( "," {ws} {extra} )* )?' if extra else ""
+            elif order[i][2]:
+                expr = _seq(kvs[i], rest(i + 1))
+            else:
+                alt = first(i + 1)
+                expr = self.add(f"{hint}-first-{i}",
+                                f"{_seq(kvs[i], rest(i + 1))} | {alt}" if alt else _seq(kvs[i], rest(i + 1)))
+                if not alt:
+                    expr = f"{expr}?"
+            first_memo[i] = expr
+            return expr
+
+        return self.add(hint, _seq('"{"', ws, first(0), '"}"'))
+
+    def _key_excluding(self, names: list[str]) -> str:
+        """A JSON string rule matching any key except the given names."""
+        if not names:
+            return self.prim("string")
+        char = self.prim("char")
+        trie: dict = {}
+        for name in names:
+            node = trie
+            for ch in name:
+                node = node.setdefault(ch, {})
+            node[""] = True  # end marker
+
+        def visit(node: dict) -> str:
+            # alternatives for the rest of a key after reaching ``node``
+            alts = []
+            children = [c for c in node if c]
+            if children:
+                cls = "".join(_class_char(c) for c in children)
+                alts.append(f'( [^"\\\\\\x7F\\x00-\\x1F{cls}] | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F]{{4}}) ) {char}*')
+                for c in children:
+                    child = node[c]
+                    sub = visit(child)
+                    alts.append(_seq(_lit(c), sub) if sub else _lit(c))
+            else:
+                alts.append(f"{char}+")
+            if not node.get(""):
+                alts.append('""')  # the key may end here
+            elif children:
+                pass
+            return "( " + " | ".join(alts) + " )"
+
+        # a key equal to a name must continue; if it is a prefix of a name it may stop
+        return self.add("key-other", _seq(r'"\""', visit(trie), r'"\""'))
+
+
+def _dedupe(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+# --------------------------------------------------------------------------
+# public API
+
+
+def json_grammar() -> str:
+    """Any JSON value whose top level is an object."""
+    conv = _Converter()
+    return conv.render(conv.prim("object"))
+
+
+def schema_grammar(schema: Any) -> str:
+    """A GBNF grammar whose language is JSON text valid for ``schema``."""
+    conv = _Converter()
+    if not isinstance(schema, (dict, bool)) or schema is False:
+        if schema is False:
+            raise _unsupported("false schema (no value is valid)")
+        raise SchemaError(f"schema must be an object, got {type(schema).__name__}")
+    expr = conv.visit(schema, schema, "root-value")
+    return conv.render(expr)
+
+
+def _top_types(conv: _Converter, schema: Any, doc: Any, depth: int = 0) -> set[str] | None:
+    """The possible top-level types of ``schema`` (None: unconstrained)."""
+    if depth > 32:
+        return None
+    if schema is True or schema == {}:
+        return None
+    if not isinstance(schema, dict):
+        return set()
+    if "$ref" in schema:
+        target, _ = conv.resolve(schema["$ref"], doc)
+        inner = _top_types(conv, target, doc, depth + 1)
+        own = _top_types(conv, {k: v for k, v in schema.items() if k != "$ref"}, doc, depth + 1)
+        return inner if own is None else own if inner is None else inner & own
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list):
+            out: set[str] = set()
+            for alt in schema[key]:
+                t = _top_types(conv, alt, doc, depth + 1)
+                if t is None:
+                    return None
+                out |= t
+            return out
+    if isinstance(schema.get("allOf"), list):
+        acc: set[str] | None = None
+        for part in schema["allOf"]:
+            t = _top_types(conv, part, doc, depth + 1)
+            if t is not None:
+                acc = t if acc is None else acc & t
+        own = _top_types(conv, {k: v for k, v in schema.items() if k != "allOf"}, doc, depth + 1)
+        if own is not None:
+            acc = own if acc is None else acc & own
+        return acc
+    if "const" in schema:
+        return {"object"} if isinstance(schema["const"], dict) else {"other"}
+    if isinstance(schema.get("enum"), list):
+        return {"object" if isinstance(v, dict) else "other" for v in schema["enum"]}
+    typ = schema.get("type")
+    if isinstance(typ, str):
+        types = {typ}
+    elif isinstance(typ, list):
+        types = set(typ)
+    else:
+        inferred = _Converter._infer_types(schema)
+        types = set(inferred) if inferred else None
+    if types is not None and schema.get("nullable") is True:
+        types.add("null")
+    return types
+
+
+def object_schema_grammar(schema: Any) -> str:
+    """Like :func:`schema_grammar`, but the top level must be an object (response_format).
+
+    ``{}`` / ``true`` (no constraint) means any JSON object.
+    """
+    if schema is True or schema == {}:
+        return json_grammar()
+    if not isinstance(schema, dict):
+        raise SchemaError(f"schema must be an object, got {type(schema).__name__}")
+    conv = _Converter()
+    types = _top_types(conv, schema, schema)
+    if types is None:
+        schema = {**schema, "type": "object"}
+    elif types != {"object"}:
+        shown = ", ".join(sorted(t for t in types)) or "none"
+        raise _unsupported(f"top-level type other than object ({shown}); an object is required")
+    return schema_grammar(schema)
+
+
+# --------------------------------------------------------------------------
+# tool calls
+
+TOOL_CALL_STYLES = ("json", "hermes", "llama3", "mistral")
+
+
+def _tool_function(tool: Any, index: int) -> tuple[str, Any]:
+    if not isinstance(tool, dict):
+        raise SchemaError(f"tool #{index}: must be an object")
+    fn = tool.get("function", tool) if tool.get("type", "function") == "function" else None
+    if fn is None:
+        raise SchemaError(f"tool #{index}: unsupported tool type {tool.get('type')!r}")
+    if not isinstance(fn, dict):
+        raise SchemaError(f"tool #{index}: 'function' must be an object")
+    name = fn.get("name")
+    if not isinstance(name, str) or not name:
+        raise SchemaError(f"tool #{index}: missing function name")
+    params = fn.get("parameters")
+    if params is None:
+        params = {"type": "object", "properties": {}}
+    return name, params
+
+
+def _validate_tool_params(name: str, params: Any) -> None:
+    if params is True or params == {}:
+        return
+    if not isinstance(params, dict):
+        raise SchemaError(f"tool '{name}': parameters must be a JSON schema object")
+    typ = params.get("type")
+    if typ is not None and typ != "object" and not (isinstance(typ, list) and typ == ["object"]):
+        if isinstance(typ, str) and typ not in _TYPES:
+            raise SchemaError(f"tool '{name}': unknown type '{typ}'")
+        raise SchemaError(f"tool '{name}': parameters must have type 'object', got {typ!r}")
+
+
+def tool_call_grammar(tools: list[dict], *, name: str | None = None, style: str = "json",
+                      parallel: bool = True) -> str:
+    """Grammar forcing one or more tool calls.
+
+    Each call is ``{"name": "<tool>", "arguments": {...}}`` (``"parameters"`` for
+    the llama3 style) with arguments valid for that tool's parameter schema.
+
+    Styles:
+      * ``json``    one call object, or (``parallel``) a JSON array of call objects.
+      * ``hermes``  ``<tool_call>\\n{...}\\n</tool_call>``, several joined by ``\\n``.
+      * ``llama3``  ``{"name": ..., "parameters": ...}``, several joined by ``; ``.
+      * ``mistral`` ``[TOOL_CALLS][{...}, ...]``.
+
+    ``name`` restricts the calls to that one function.  ``parallel=False`` allows
+    exactly one call.
+    """
+    if style not in TOOL_CALL_STYLES:
+        raise ValueError(f"unknown tool call style {style!r}; expected one of {TOOL_CALL_STYLES}")
+    if not isinstance(tools, list) or not tools:
+        raise SchemaError("tools must be a non-empty list")
+    fns: dict[str, Any] = {}
+    for i, tool in enumerate(tools):
+        fname, params = _tool_function(tool, i)
+        if fname in fns:
+            raise SchemaError(f"tool '{fname}': duplicate tool name")
+        _validate_tool_params(fname, params)
+        fns[fname] = params
+    if name is not None:
+        if name not in fns:
+            raise SchemaError(f"tool '{name}': not among the provided tools")
+        fns = {name: fns[name]}
+
+    conv = _Converter()
+    ws = conv.prim("ws")
+    args_key = "parameters" if style == "llama3" else "arguments"
+    calls = []
+    for fname, params in fns.items():
+        if params is True or params == {}:
+            params = {"type": "object"}
+        elif "type" not in params:
+            params = {**params, "type": "object"}
+        hint = f"{fname}-args"
+        try:
+            args = conv.visit(params, params, hint)
+        except SchemaError as exc:
+            raise SchemaError(f"tool '{fname}': {exc}") from exc
+        body = _seq('"{"', ws, _lit('"name"'), ws, '":"', ws, _lit(_json_text(fname)), ws, '","', ws,
+                    _lit(f'"{args_key}"'), ws, '":"', ws, args, ws, '"}"')
+        calls.append(conv.add(f"{fname}-call", body))
+    call = conv.add("tool-call", _group(calls)) if len(calls) > 1 else calls[0]
+
+    if style == "json":
+        root = f'{call} | "[" {ws} {call} {ws} ( "," {ws} {call} {ws} )* "]"' if parallel else call
+    elif style == "hermes":
+        tc = conv.add("tool-call-block", _seq(_lit("<tool_call>\n"), call, _lit("\n</tool_call>")))
+        root = f'{tc} ( "\\n" {tc} )*' if parallel else tc
+    elif style == "llama3":
+        root = f'{call} ( "; " {call} )*' if parallel else call
+    else:  # mistral
+        more = f'( "," {ws} {call} {ws} )*' if parallel else ""
+        root = _seq('"[TOOL_CALLS]"', '"["', ws, call, ws, more, '"]"')
+    return conv.render(root)

@@ -1,0 +1,571 @@
+"""Parse tool calls out of model output, incrementally (streaming-aware).
+
+Pure Python, no engine coupling.
+
+Formats (``fmt``):
+
+* ``"hermes"``  (Hermes, Qwen 2.5/3):  ``<tool_call>{"name": .., "arguments": {..}}</tool_call>``,
+  several in a row.  A missing closing tag at the end of output is tolerated.
+* ``"llama3"``  (Llama 3.x): ``{"name": .., "parameters": {..}}`` (``"arguments"`` too),
+  optionally after ``<|python_tag|>``; several separated by ``;`` or newlines.
+* ``"mistral"``: ``[TOOL_CALLS] [{"name": .., "arguments": {..}}, ...]`` and the newer
+  ``[TOOL_CALLS]name[ARGS]{...}`` (optionally ``name[CALL_ID]id[ARGS]{...}``), repeated.
+* ``"json"``: a JSON call object, or an array of them, at the start of the output.
+* ``None``: every marker above is recognised.
+
+In every format a JSON call (object or array of call objects) at the very start of
+the output -- or right after a previous call -- is recognised too.  A call object
+is ``{"name": str, "arguments"|"parameters": object-or-JSON-string}``; an
+OpenAI-style ``{"type": "function", "function": {...}}`` wrapper and an ``"id"`` key
+are accepted.
+
+Streaming contract (``ToolCallParser``):
+
+* text that cannot be part of a call is returned as ``Content`` at once;
+* text that could still turn into a call marker/call is held back only for as
+  long as it still can; once it cannot, it is returned as ``Content``;
+* a complete call is returned whole as ``ToolCall``;
+* a call that fails to parse (bad JSON, unknown tool name, wrong shape) is
+  returned verbatim as ``Content`` -- output is never dropped, except the
+  whitespace that separates/follows tool calls.
+
+Feeding the output in one piece or one character at a time gives the same
+events once adjacent ``Content`` events are merged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Collection, Iterable, Union
+
+__all__ = [
+    "Content",
+    "ToolCall",
+    "Event",
+    "ToolCallParser",
+    "detect_format",
+    "parse_tool_calls",
+    "FORMATS",
+]
+
+FORMATS = ("hermes", "llama3", "mistral", "json")
+
+
+@dataclass(frozen=True)
+class Content:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict = field(default_factory=dict)
+
+
+Event = Union[Content, ToolCall]
+
+HERMES_OPEN = "<tool_call>"
+HERMES_CLOSE = "</tool_call>"
+PYTHON_TAG = "<|python_tag|>"
+MISTRAL_TAG = "[TOOL_CALLS]"
+MISTRAL_ARGS = "[ARGS]"
+MISTRAL_CALL_ID = "[CALL_ID]"
+
+_MARKERS = {
+    "hermes": (HERMES_OPEN,),
+    "llama3": (PYTHON_TAG,),
+    "mistral": (MISTRAL_TAG,),
+    "json": (),
+    None: (HERMES_OPEN, PYTHON_TAG, MISTRAL_TAG),
+}
+
+_CALL_KEYS = frozenset({"name", "arguments", "parameters", "function", "type", "id"})
+_WS = " \t\r\n"
+_NAME_CHARS = re.compile(r"[A-Za-z0-9_.:\-]*")
+_FIRST_KEY = re.compile(r'\{\s*"((?:[^"\\]|\\.)*)(")?')
+_NAME_VALUE = re.compile(r'\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)(")?')
+
+# results of the _try_* helpers
+_NEED = "need"  # could still become a call: wait for more text
+_BAD = "bad"  # not a call
+
+
+def detect_format(template_text: str | None, vocab_tokens: Collection[str] | None = None) -> str | None:
+    """Pick the tool-call format from a chat template (and optionally the vocabulary).
+
+    ``<tool_call>`` -> hermes, ``[TOOL_CALLS]`` -> mistral, ``<|python_tag|>`` or the
+    Llama 3 header tokens -> llama3; otherwise "json".  ``None`` only when there is
+    neither a template nor a vocabulary hint.
+    """
+    text = template_text or ""
+    if HERMES_OPEN in text:
+        return "hermes"
+    if MISTRAL_TAG in text:
+        return "mistral"
+    if PYTHON_TAG in text or "<|start_header_id|>" in text or "<|eot_id|>" in text:
+        return "llama3"
+    if vocab_tokens:
+        # no hint in the template: fall back on the vocabulary's special tokens
+        if HERMES_OPEN in vocab_tokens:
+            return "hermes"
+        if MISTRAL_TAG in vocab_tokens:
+            return "mistral"
+        if PYTHON_TAG in vocab_tokens or "<|start_header_id|>" in vocab_tokens:
+            return "llama3"
+    if not text and not vocab_tokens:
+        return None
+    return "json"
+
+
+class _JsonScan:
+    """Resumable scanner finding where a JSON value starting at ``start`` ends."""
+
+    __slots__ = ("start", "pos", "stack", "in_str", "esc", "done", "error")
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.pos = start
+        self.stack: list[str] = []
+        self.in_str = False
+        self.esc = False
+        self.done = False
+        self.error = False
+
+    def run(self, text: str) -> None:
+        pos, stack, in_str, esc = self.pos, self.stack, self.in_str, self.esc
+        n = len(text)
+        while pos < n and not self.done and not self.error:
+            ch = text[pos]
+            pos += 1
+            if in_str:
+                if esc:
+                    esc = False
+                elif ch == "\\":
+                    esc = True
+                elif ch == '"':
+                    in_str = False
+                    if not stack:
+                        self.done = True
+                continue
+            if ch == '"':
+                in_str = True
+            elif ch == "{":
+                stack.append("}")
+            elif ch == "[":
+                stack.append("]")
+            elif ch in "}]":
+                if not stack or stack.pop() != ch:
+                    self.error = True
+                elif not stack:
+                    self.done = True
+            elif not stack:
+                self.error = True  # only objects/arrays are scanned
+        self.pos, self.in_str, self.esc = pos, in_str, esc
+
+
+def _call_from_obj(obj, tool_names: frozenset[str] | None) -> ToolCall | None:
+    if not isinstance(obj, dict):
+        return None
+    if isinstance(obj.get("function"), dict) and "name" not in obj:
+        if obj.get("type", "function") != "function":
+            return None
+        extra = set(obj) - {"type", "function", "id"}
+        if extra:
+            return None
+        obj = obj["function"]
+    if not set(obj) <= _CALL_KEYS or "function" in obj:
+        return None
+    name = obj.get("name")
+    if not isinstance(name, str) or not name:
+        return None
+    if tool_names is not None and name not in tool_names:
+        return None
+    if "arguments" in obj and "parameters" in obj:
+        return None
+    args = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except ValueError:
+            return None
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        return None
+    return ToolCall(name, args)
+
+
+def _calls_from_json(text: str, tool_names: frozenset[str] | None) -> list[ToolCall] | None:
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    items = obj if isinstance(obj, list) else [obj]
+    if not items:
+        return None
+    calls = []
+    for item in items:
+        call = _call_from_obj(item, tool_names)
+        if call is None:
+            return None
+        calls.append(call)
+    return calls
+
+
+class ToolCallParser:
+    """Incremental tool-call parser; see the module docstring for the contract."""
+
+    def __init__(self, fmt: str | None, tool_names: Iterable[str] | None) -> None:
+        if fmt not in _MARKERS:
+            raise ValueError(f"unknown tool call format {fmt!r}; expected one of {FORMATS} or None")
+        self.fmt = fmt
+        self.tool_names = None if tool_names is None else frozenset(tool_names)
+        self._markers = _MARKERS[fmt]
+        self._buf = ""
+        self._json_ok = True  # a JSON call may start at the head of the buffer (after whitespace)
+        self._after_call = False  # the last thing emitted was a tool call
+        self._scan: _JsonScan | None = None
+        self._finished = False
+        self._emitted = False  # anything (content or call) emitted yet
+
+    # -- public -------------------------------------------------------------
+    def feed(self, text: str) -> list[Event]:
+        if self._finished:
+            raise RuntimeError("feed() after finish()")
+        if not text:
+            return []
+        self._buf += text
+        return self._drain(final=False)
+
+    def finish(self) -> list[Event]:
+        if self._finished:
+            return []
+        events = self._drain(final=True)
+        self._finished = True
+        return events
+
+    # -- internals ------------------------------------------------------------
+    def _drain(self, final: bool) -> list[Event]:
+        out: list[Event] = []
+        while self._buf and self._step(final, out):
+            pass
+        if final and self._buf:
+            self._content(self._buf, out)
+            self._buf = ""
+        # merge adjacent content
+        merged: list[Event] = []
+        for ev in out:
+            if isinstance(ev, Content) and merged and isinstance(merged[-1], Content):
+                merged[-1] = Content(merged[-1].text + ev.text)
+            elif not (isinstance(ev, Content) and not ev.text):
+                merged.append(ev)
+        return merged
+
+    def _hold_ws(self) -> bool:
+        """Is whitespace at the head of the buffer possibly just padding around calls?"""
+        return self._after_call or not self._emitted
+
+    def _content(self, text: str, out: list[Event], before_call: bool = False) -> None:
+        if not text:
+            return
+        if not text.strip(_WS) and (self._after_call or (before_call and not self._emitted)):
+            return  # whitespace separating / around tool calls
+        out.append(Content(text))
+        self._emitted = True
+        self._after_call = False
+        self._json_ok = False
+
+    def _consume(self, n: int) -> None:
+        self._buf = self._buf[n:]
+        self._scan = None
+
+    def _calls(self, calls: list[ToolCall], n: int, out: list[Event]) -> None:
+        out.extend(calls)
+        self._emitted = True
+        self._consume(n)
+        self._after_call = True
+        self._json_ok = True
+
+    def _step(self, final: bool, out: list[Event]) -> bool:
+        """Make progress on the buffer; False when it must wait for more text."""
+        buf = self._buf
+        if self._json_ok:
+            j = 0
+            while j < len(buf) and buf[j] in _WS:
+                j += 1
+            if j == len(buf):
+                if final:
+                    self._content(buf, out)
+                    self._consume(len(buf))
+                return False
+            ch = buf[j]
+            head = buf[j:j + 16]
+            at_marker = any(head.startswith(m) or m.startswith(head) for m in self._markers)
+            if ch == ";" and self._after_call:
+                self._consume(j + 1)
+                return True
+            if at_marker:
+                pass  # e.g. "[TOOL_CALLS]" is not a JSON array: handled as a marker below
+            elif ch in "{[":
+                res = self._try_json(buf, j, final)
+                if res == _NEED:
+                    return False
+                if res == _BAD:
+                    self._json_ok = False
+                    self._content(buf[:j], out)
+                    self._content_verbatim(buf[j:self._bad_end], out)
+                    self._consume(self._bad_end)
+                    return True
+                calls, end = res
+                self._content(buf[:j], out, before_call=True)
+                self._calls(calls, end, out)
+                return True
+            if not at_marker:
+                self._json_ok = False
+            # fall through: scan for markers
+
+        # earliest complete marker, and earliest possible partial marker at the end
+        best = -1
+        marker = ""
+        for m in self._markers:
+            i = buf.find(m)
+            if i >= 0 and (best < 0 or i < best):
+                best, marker = i, m
+        partial = self._partial_marker_start(buf)
+        if best >= 0 and (partial < 0 or best <= partial):
+            pre = buf[:best]
+            res = self._try_marker(marker, buf, best, final)
+            if res == _NEED:
+                if pre and not (self._hold_ws() and not pre.strip(_WS)):
+                    self._content(pre, out)
+                    self._consume(best)
+                return False
+            if res == _BAD:
+                self._content(pre, out)
+                self._content_verbatim(buf[best:self._bad_end], out)
+                self._consume(self._bad_end)
+                return True
+            calls, end = res
+            self._content(pre, out, before_call=True)
+            self._calls(calls, end, out)
+            return True
+        if partial >= 0 and not final:
+            pre = buf[:partial]
+            if pre and not (self._hold_ws() and not pre.strip(_WS)):
+                self._content(pre, out)
+                self._consume(partial)
+            return False
+        self._content(buf, out)
+        self._consume(len(buf))
+        return False
+
+    def _content_verbatim(self, text: str, out: list[Event]) -> None:
+        if text:
+            out.append(Content(text))
+            self._emitted = True
+            self._after_call = False
+            self._json_ok = False
+
+    def _partial_marker_start(self, buf: str) -> int:
+        """Start of the longest buffer suffix that is a proper prefix of a marker, or -1."""
+        best = -1
+        for m in self._markers:
+            for k in range(min(len(m) - 1, len(buf)), 0, -1):
+                if m.startswith(buf[len(buf) - k:]):
+                    pos = len(buf) - k
+                    if best < 0 or pos < best:
+                        best = pos
+                    break
+        return best
+
+    # -- candidate calls ----------------------------------------------------------
+    # Each returns _NEED, _BAD (with self._bad_end: where the non-call text ends,
+    # as an index into the buffer) or (calls, end).
+
+    def _plausible(self, text: str) -> bool:
+        """Could ``text`` (the start of a JSON value) still become a call?"""
+        i = 0
+        if text.startswith("["):
+            i = 1
+            while i < len(text) and text[i] in _WS:
+                i += 1
+            if i == len(text):
+                return True
+            if text[i] != "{":
+                return False
+        obj = text[i:]
+        j = 1
+        while j < len(obj) and obj[j] in _WS:
+            j += 1
+        if j == len(obj):
+            return True
+        if obj[j] != '"':
+            return False
+        m = _FIRST_KEY.match(obj)
+        if m:
+            key = m.group(1)
+            if m.group(2):
+                if key not in _CALL_KEYS:
+                    return False
+            elif not any(k.startswith(key) for k in _CALL_KEYS):
+                return False
+        m = _NAME_VALUE.match(obj)
+        if m and self.tool_names is not None:
+            name = m.group(1)
+            if m.group(2):
+                if name not in self.tool_names:
+                    return False
+            elif not any(t.startswith(name) for t in self.tool_names):
+                return False
+        return True
+
+    def _scan_json(self, buf: str, start: int) -> _JsonScan:
+        if self._scan is None or self._scan.start != start:
+            self._scan = _JsonScan(start)
+        self._scan.run(buf)
+        return self._scan
+
+    def _try_json(self, buf: str, start: int, final: bool):
+        """JSON call object / array of call objects starting at ``buf[start]``."""
+        scan = self._scan_json(buf, start)
+        if scan.error:
+            self._bad_end = scan.pos
+            return _BAD
+        if not scan.done:
+            if not final and self._plausible(buf[start:scan.pos]):
+                return _NEED
+            self._bad_end = len(buf) if final else scan.pos
+            return _BAD
+        calls = _calls_from_json(buf[start:scan.pos], self.tool_names)
+        if calls is None:
+            self._bad_end = scan.pos
+            return _BAD
+        return calls, scan.pos
+
+    def _try_marker(self, marker: str, buf: str, at: int, final: bool):
+        body = at + len(marker)
+        if marker == HERMES_OPEN:
+            return self._try_hermes(buf, at, body, final)
+        j = body
+        while j < len(buf) and buf[j] in _WS:
+            j += 1
+        if j == len(buf):
+            if final:
+                self._bad_end = len(buf)
+                return _BAD
+            return _NEED
+        if buf[j] in "{[":
+            res = self._try_json(buf, j, final)
+            if res == _BAD:
+                self._bad_end = body  # only the marker: the rest is scanned as text
+            return res
+        if marker == MISTRAL_TAG:
+            return self._try_mistral_named(buf, at, j, final)
+        self._bad_end = body
+        return _BAD
+
+    def _try_hermes(self, buf: str, at: int, body: int, final: bool):
+        close = buf.find(HERMES_CLOSE, body)
+        if close >= 0:
+            end = close + len(HERMES_CLOSE)
+            calls = _calls_from_json(buf[body:close], self.tool_names)
+            if calls is None:
+                self._bad_end = end
+                return _BAD
+            return calls, end
+        j = body
+        while j < len(buf) and buf[j] in _WS:
+            j += 1
+        if j == len(buf):
+            if final:
+                self._bad_end = len(buf)
+                return _BAD
+            return _NEED
+        if buf[j] not in "{[":
+            self._bad_end = body
+            return _BAD
+        scan = self._scan_json(buf, j)
+        if scan.error or (not scan.done and not self._plausible(buf[j:scan.pos])):
+            self._bad_end = body
+            return _BAD
+        if scan.done:
+            rest = buf[scan.pos:].lstrip(_WS)
+            if rest and not HERMES_CLOSE.startswith(rest):
+                self._bad_end = body
+                return _BAD
+            if final:  # closing tag missing at the end of output: accept the call
+                calls = _calls_from_json(buf[j:scan.pos], self.tool_names)
+                if calls is None:
+                    self._bad_end = len(buf)
+                    return _BAD
+                return calls, len(buf)
+        if final:
+            self._bad_end = len(buf)
+            return _BAD
+        return _NEED
+
+    def _try_mistral_named(self, buf: str, at: int, j: int, final: bool):
+        """``[TOOL_CALLS]name[ARGS]{...}`` (optionally ``name[CALL_ID]id[ARGS]{...}``)."""
+        tag_end = at + len(MISTRAL_TAG)
+
+        def bad():
+            self._bad_end = tag_end
+            return _BAD
+
+        m = _NAME_CHARS.match(buf, j)
+        name_end = m.end()
+        name = buf[j:name_end]
+        if name_end == len(buf):
+            if final:
+                return bad()
+            if self.tool_names is not None and not any(t.startswith(name) for t in self.tool_names):
+                return bad()
+            return _NEED
+        if not name or (self.tool_names is not None and name not in self.tool_names):
+            return bad()
+        k = name_end
+        rest = buf[k:]
+        if rest.startswith(MISTRAL_CALL_ID):
+            m = _NAME_CHARS.match(buf, k + len(MISTRAL_CALL_ID))
+            k = m.end()
+            rest = buf[k:]
+            if not rest:
+                return bad() if final else _NEED
+        elif MISTRAL_CALL_ID.startswith(rest):
+            return bad() if final else _NEED
+        if not rest.startswith(MISTRAL_ARGS):
+            if MISTRAL_ARGS.startswith(rest) and not final:
+                return _NEED
+            return bad()
+        a = k + len(MISTRAL_ARGS)
+        while a < len(buf) and buf[a] in _WS:
+            a += 1
+        if a == len(buf):
+            return bad() if final else _NEED
+        if buf[a] != "{":
+            return bad()
+        scan = self._scan_json(buf, a)
+        if scan.error:
+            return bad()
+        if not scan.done:
+            return bad() if final else _NEED
+        try:
+            args = json.loads(buf[a:scan.pos])
+        except ValueError:
+            self._bad_end = scan.pos
+            return _BAD
+        if not isinstance(args, dict):
+            self._bad_end = scan.pos
+            return _BAD
+        return [ToolCall(name, args)], scan.pos
+
+
+def parse_tool_calls(text: str, fmt: str | None, tool_names: Iterable[str] | None) -> tuple[str, list[ToolCall]]:
+    """Non-streaming convenience: (content text, tool calls) of a complete output."""
+    parser = ToolCallParser(fmt, tool_names)
+    events = parser.feed(text) + parser.finish()
+    content = "".join(e.text for e in events if isinstance(e, Content))
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    return content, calls

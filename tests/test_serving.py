@@ -1,0 +1,126 @@
+"""Concurrency, determinism, cancellation and the queue limit, against real server processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import httpx
+import ollama
+import pytest
+
+from tests.conftest import start_server
+
+PROMPTS = [
+    "Why is the sky blue?",
+    "Name three fruits.",
+    "What is 2+2?",
+    "Write a haiku about snow.",
+    "Describe a cat.",
+    "What is the capital of Italy?",
+    "Tell me a joke.",
+    "How do airplanes fly?",
+]
+GREEDY = {"temperature": 0, "num_predict": 24}
+
+
+async def _chat(client: ollama.AsyncClient, prompt: str, options: dict) -> str:
+    stream = await client.chat("gemma3:270m", messages=[{"role": "user", "content": prompt}], stream=True,
+                               options=options)
+    return "".join([part.message.content async for part in stream])
+
+
+def test_eight_concurrent_streams_match_their_solo_runs(corral_server):
+    """8 streaming chats at once each get their own prompt's continuation, token for token."""
+    client = ollama.AsyncClient(host=corral_server.url)
+
+    async def run():
+        solo = [await _chat(client, p, GREEDY) for p in PROMPTS]
+        together = await asyncio.gather(*[_chat(client, p, GREEDY) for p in PROMPTS])
+        return solo, together
+
+    solo, together = asyncio.run(run())
+    assert len(set(solo)) == len(solo), "prompts should give distinct answers"
+    assert together == solo
+
+
+def test_seeded_sampling_repeats_exactly(corral_server):
+    client = ollama.Client(host=corral_server.url)
+    options = {"temperature": 0.9, "seed": 1234, "num_predict": 24}
+    runs = [client.generate("gemma3:270m", "Once upon a time", options=options).response for _ in range(3)]
+    assert runs[0] and runs.count(runs[0]) == 3
+    other = client.generate("gemma3:270m", "Once upon a time", options={**options, "seed": 99}).response
+    assert other != runs[0]
+
+
+def test_utf8_never_split(corral_server):
+    """Every streamed chunk is valid UTF-8 text on its own (no broken multi-byte characters)."""
+    with httpx.stream("POST", corral_server.url + "/api/generate", json={
+        "model": "gemma3:270m", "prompt": "Écris une phrase en français avec des accents: été, déjà, garçon. 日本語も。",
+        "options": {"num_predict": 40, "temperature": 0.7, "seed": 3},
+    }) as r:
+        raw_lines = [line for line in r.iter_bytes()]
+    body = b"".join(raw_lines)
+    for line in body.splitlines():
+        chunk = json.loads(line.decode("utf-8", errors="strict"))
+        assert "\ufffd" not in chunk.get("response", "")
+
+
+@pytest.fixture
+def single_slot_server(fresh_store, tmp_path):
+    server = start_server(fresh_store, {"OLLAMA_NUM_PARALLEL": "1", "OLLAMA_MAX_QUEUE": "1"}, log_dir=tmp_path)
+    yield server
+    server.stop()
+
+
+def _endless(server, started: threading.Event, stop: threading.Event) -> None:
+    """Stream an endless generation until told to stop, then drop the connection."""
+    body = {"model": "tiny", "prompt": "go on forever", "options": {"num_predict": -1, "num_ctx": 256}}
+    with httpx.stream("POST", server.url + "/api/generate", json=body, timeout=60) as r:
+        for _ in r.iter_lines():
+            started.set()
+            if stop.is_set():
+                break
+
+
+def test_disconnect_frees_the_sequence(single_slot_server):
+    started, stop = threading.Event(), threading.Event()
+    t = threading.Thread(target=_endless, args=(single_slot_server, started, stop))
+    t.start()
+    assert started.wait(30)
+    stop.set()
+    t.join(30)
+    # the only sequence was taken by the endless stream: this finishes only if it was freed
+    r = httpx.post(single_slot_server.url + "/api/generate", json={
+        "model": "tiny", "prompt": "x", "stream": False, "options": {"num_predict": 3}}, timeout=30)
+    assert r.status_code == 200 and r.json()["done"] is True
+
+
+def test_queue_overflow_gives_503(single_slot_server):
+    started, stop = threading.Event(), threading.Event()
+    t = threading.Thread(target=_endless, args=(single_slot_server, started, stop))
+    t.start()
+    assert started.wait(30)
+    waiting = threading.Thread(target=lambda: httpx.post(single_slot_server.url + "/api/generate", json={
+        "model": "tiny", "prompt": "y", "stream": False, "options": {"num_predict": 2}}, timeout=60))
+    waiting.start()
+    deadline = time.time() + 10
+    status = None
+    while time.time() < deadline:  # wait until the second request is queued
+        r = httpx.post(single_slot_server.url + "/api/generate", json={
+            "model": "tiny", "prompt": "z", "stream": False, "options": {"num_predict": 2}}, timeout=60)
+        status = r.status_code
+        if status == 503:
+            break
+        time.sleep(0.2)
+    try:
+        assert status == 503
+        assert r.json() == {"error": "server busy, please try again.  maximum pending requests exceeded"}
+    finally:
+        stop.set()
+        t.join(30)
+        waiting.join(60)
+    assert httpx.post(single_slot_server.url + "/api/generate", json={
+        "model": "tiny", "prompt": "again", "stream": False, "options": {"num_predict": 2}}, timeout=30).status_code == 200
