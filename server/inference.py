@@ -17,7 +17,8 @@ from .engine.runner import ContextLengthError
 from .options import OptionError, Options, parse_options
 from .scheduler import Loaded, ModelLoadError, QueueFull, RunnerOptions, Scheduler
 from .store.model import Model
-from .store.names import InvalidName
+from .store.gguf import GGUFError
+from .store.names import InvalidName, ModelName
 from .store.store import Store
 from .template.prompt import PromptError, render_chat, render_generate
 
@@ -116,7 +117,7 @@ class Inference:
         if not name:
             raise BadRequest("model is required")
         try:
-            entry = self.store.find(name)
+            entry = self.store.find(ModelName.parse(name))
         except InvalidName as exc:
             raise BadRequest(str(exc)) from exc
         if entry is None:
@@ -138,8 +139,14 @@ class Inference:
         runner = RunnerOptions(num_ctx=num_ctx, num_gpu=opts.num_gpu, num_batch=opts.num_batch, num_thread=opts.num_thread)
         return Prepared(model=model, options=opts, runner_options=runner, keep_alive=self.keep_alive(keep_alive))
 
+    def capabilities(self, model: Model) -> list[str]:
+        try:
+            return model.capabilities()
+        except GGUFError as exc:  # the model file is damaged: the same error a load would give
+            raise ModelLoadError(f"unable to load model {model.name}: {exc}") from exc
+
     def _require(self, model: Model, capability: str, message: str) -> None:
-        if capability not in model.capabilities():
+        if capability not in self.capabilities(model):
             raise BadRequest(message)
 
     # ---- load / unload -----------------------------------------------------------------
@@ -195,7 +202,7 @@ class Inference:
     def _validate_generate(self, params: GenerateParams, model: Model) -> None:
         if params.raw and (params.template or params.system or params.context):
             raise BadRequest("raw mode does not support template, system, or context")
-        if "completion" not in model.capabilities():
+        if "completion" not in self.capabilities(model):
             raise BadRequest(f'"{params.model}" does not support generate')
         if params.suffix:
             self._require(model, "insert", f"{model.entry.name.full} does not support insert")
@@ -237,11 +244,11 @@ class Inference:
                 yield item
 
     def _validate_chat(self, params: ChatParams, model: Model) -> None:
-        if "completion" not in model.capabilities():
+        if "completion" not in self.capabilities(model):
             raise BadRequest(f'"{params.model}" does not support chat')
         if params.tools:
             self._require(model, "tools", f"{model.entry.name.full} does not support tools")
-        if params.think and "thinking" not in model.capabilities():
+        if params.think and "thinking" not in self.capabilities(model):
             raise BadRequest(f'"{params.model}" does not support thinking')
         if not 0 <= params.top_logprobs <= 20:
             raise BadRequest("top_logprobs must be between 0 and 20")
