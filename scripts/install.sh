@@ -4,6 +4,7 @@
 # Environment:
 #   CORRAL_VENV   where the virtual environment goes (default .venv; "system" = no venv)
 #   CMAKE_ARGS    passed to the llama.cpp build, e.g. "-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90"
+#   CORRAL_EDITABLE  1 (default): editable install of this checkout; 0: a regular install (the image's)
 # The same script builds the container image (Dockerfile) and the CI environment (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,9 +21,30 @@ fi
 case ",$extras," in
   *,imaging,*|*,adapters,*|*,all,*) "$py" -m pip install -q "torch==2.13.0" ;;
 esac
-# llama-cpp-python is an sdist: the first install compiles llama.cpp (about 4 minutes on 2 cores);
-# pip caches the built wheel, later installs take seconds.
+# llama-cpp-python is an sdist: installing it compiles llama.cpp (about 4 minutes on 2 cores, CPU).
+# Built wheels are kept per llama-cpp-python version and build flags, so a CPU and a CUDA build never
+# stand in for each other. -DGGML_LLAMAFILE=OFF: matrix kernels whose results do not depend on the
+# batch size, so a seeded request gives the same text alone and under load.
+llama_version=0.3.36
+cmake_args="${CMAKE_ARGS:--DGGML_NATIVE=ON} -DGGML_LLAMAFILE=OFF"
+key=$(printf '%s' "$llama_version $cmake_args" | sha256sum | cut -c1-16)
+wheels="${CORRAL_WHEEL_CACHE:-$HOME/.cache/corral/wheels}/$key"
+if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+  echo "building llama-cpp-python $llama_version with CMAKE_ARGS='$cmake_args' (a few minutes)"
+  CMAKE_ARGS="$cmake_args" "$py" -m pip wheel -q --no-deps --no-cache-dir "llama-cpp-python==$llama_version" -w "$wheels"
+fi
+stamp="$("$py" -c 'import sys; print(sys.prefix)')/.corral-llama-build"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$key" ]; then
+  "$py" -m pip install -q --force-reinstall --no-deps "$wheels"/llama_cpp_python-*.whl
+  "$py" -m pip install -q "$wheels"/llama_cpp_python-*.whl  # its own dependencies
+  echo "$key" > "$stamp"
+fi
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
-"$py" -m pip install -q -e "$spec"
-echo "installed: $("$py" -c 'import server, llama_cpp; print("corral", server.__version__, "llama-cpp-python", llama_cpp.__version__)')"
+if [ "${CORRAL_EDITABLE:-1}" = 0 ]; then
+  "$py" -m pip install -q "$spec"
+else
+  "$py" -m pip install -q -e "$spec"
+fi
+# -P: import what was installed, not ./server from the checkout
+echo "installed: $("$py" -P -c 'import server, llama_cpp; print("corral", server.__version__, "llama-cpp-python", llama_cpp.__version__)')"

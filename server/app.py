@@ -11,9 +11,10 @@ from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from .api import ollama
+from .api import llamacpp, metrics, models, ollama, openai
 from .api.wire import APIError, error
 from .config import Settings
+from .engine.llama import log_backends
 from .inference import Inference
 from .scheduler import Scheduler
 from .store.store import Store
@@ -136,6 +137,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     inference = Inference(settings, store, scheduler)
 
     async def startup(app: Litestar) -> None:
+        log_backends()
         if settings.embed_default_model:
             from .store.default_model import ensure_default_model
 
@@ -145,7 +147,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         await scheduler.close()
 
     app = Litestar(
-        route_handlers=[*ollama.ROUTES],
+        route_handlers=[*ollama.ROUTES, *metrics.ROUTES, *models.ROUTES, *openai.ROUTES, *llamacpp.ROUTES],
         middleware=[cors_and_host(settings)],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
         on_startup=[startup],

@@ -17,17 +17,140 @@ def serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level != logging.DEBUG:
         logging.getLogger("llama.cpp").setLevel(logging.WARNING)
-    app = create_app(settings)
+    if os.environ.get("CORRAL_ASGI_SERVER", "uvicorn") == "granian":
+        # one worker: the engine lives in this process; settings come from the environment
+        from granian.server import Server
+
+        Server("server.app:create_app", address=settings.host, port=settings.port, interface="asgi",
+               factory=True, log_level="warning").serve()
+        return
     import uvicorn
 
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                http="httptools", loop="uvloop", timeout_keep_alive=30)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+                access_log=False, http="httptools", loop="uvloop", timeout_keep_alive=30)
+
+
+def server_url() -> str:
+    """The server the client commands talk to: OLLAMA_HOST, as the Ollama CLI reads it."""
+    from .config import parse_host
+
+    raw = os.environ.get("OLLAMA_HOST", "").strip()
+    scheme = raw.split("://", 1)[0] if "://" in raw else "http"
+    host, port = parse_host(raw)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def create(args: argparse.Namespace) -> None:
+    """`ollama create NAME -f Modelfile`: parse locally, upload local files as blobs, POST /api/create."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    import httpx
+
+    from . import modelfile
+
+    def fail(message: str) -> None:
+        print(f"Error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+    path = Path(args.file).expanduser()
+    try:
+        parsed = modelfile.parse(path.read_text())
+    except OSError as exc:
+        fail(f"reading {path}: {exc.strerror or exc}")
+    except modelfile.ModelfileError as exc:
+        fail(str(exc))
+    for warning in parsed.warnings:
+        print(f"warning: {warning}")
+
+    def local_file(ref: str) -> Path | None:
+        candidate = Path(ref).expanduser()
+        if not candidate.is_absolute():
+            candidate = path.parent / candidate
+        return candidate.resolve() if candidate.is_file() else None
+
+    client = httpx.Client(base_url=server_url(), timeout=httpx.Timeout(30.0, read=None))
+    try:
+        client.head("/")
+    except httpx.HTTPError as exc:
+        fail(f"could not connect to the server: {exc}")
+
+    def upload(file: Path) -> str:
+        h = hashlib.sha256()
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        digest = "sha256:" + h.hexdigest()
+        with open(file, "rb") as f:
+            resp = client.post(f"/api/blobs/{digest}", content=f)
+        if resp.status_code >= 400:
+            fail(_error_text(resp))
+        print(f"copying file {digest} 100%")
+        return digest
+
+    request: dict = {"model": args.name}
+    files: dict[str, str] = {}
+    adapters: dict[str, str] = {}
+    print("gathering model components")
+    for ref in parsed.froms:
+        file = local_file(ref)
+        if file is None:
+            request["from"] = ref
+        else:
+            files[file.name] = upload(file)
+    for ref in parsed.adapters:
+        file = local_file(ref)
+        if file is None:
+            fail(f"adapter file not found: {ref}")
+        adapters[file.name] = upload(file)
+    if files:
+        request["files"] = files
+    if adapters:
+        request["adapters"] = adapters
+    request.update(parsed.create_fields())
+    if args.quantize:
+        request["quantize"] = args.quantize
+
+    status = None
+    with client.stream("POST", "/api/create", json=request) as resp:
+        if resp.status_code >= 400:
+            resp.read()
+            fail(_error_text(resp))
+        for line in resp.iter_lines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            if item.get("error"):
+                fail(item["error"])
+            text = item.get("status", "")
+            if item.get("total"):
+                text = f"{text} {100 * item.get('completed', 0) // item['total']}%"
+            if text != status:
+                status = text
+                print(text, flush=True)
+    if status != "success":
+        fail("the server did not report success")
+
+
+def _error_text(resp) -> str:
+    try:
+        return resp.json().get("error") or resp.text
+    except ValueError:
+        return resp.text or f"HTTP {resp.status_code}"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="corral", description="Ollama-compatible server on llama.cpp")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="start the server (OLLAMA_HOST, default 127.0.0.1:11434)").set_defaults(func=serve)
+    create_parser = sub.add_parser("create", help="create a model from a Modelfile (like `ollama create`)")
+    create_parser.add_argument("name")
+    create_parser.add_argument("-f", "--file", default="Modelfile", help="the Modelfile (default ./Modelfile)")
+    create_parser.add_argument("-q", "--quantize", default="", help="quantize the model: q4_K_M or q8_0")
+    create_parser.set_defaults(func=create)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -13,7 +13,10 @@ from typing import Any
 
 from .config import Settings, parse_duration
 from .engine.job import Done, Failed, Job, Piece, TokenLogprob
+from .engine.grammar import TOOL_CALL_STYLES, SchemaError, json_grammar, schema_grammar, tool_call_grammar
 from .engine.runner import ContextLengthError
+from .engine.toolcalls import detect_format
+from .reply import ReplyParser, prompt_opens_thinking
 from .options import OptionError, Options, parse_options
 from .scheduler import Loaded, ModelLoadError, QueueFull, RunnerOptions, Scheduler
 from .store.model import Model
@@ -91,6 +94,7 @@ class Final:
     load_duration: int = 0
     total_duration: int = 0
     context: list[int] | None = None
+    tool_calls: int = 0  # how many tool calls the answer made (finish_reason "tool_calls")
 
 
 @dataclass
@@ -131,6 +135,8 @@ class Inference:
             raise BadRequest(str(exc)) from exc
 
     def _prepare(self, model: Model, options: dict | None, keep_alive: Any) -> Prepared:
+        if model.adapter_paths:
+            raise BadRequest(f"model '{model.name}' has a LoRA adapter; applying adapters is not supported yet")
         try:
             opts = parse_options(model.parameters, options)
         except OptionError as exc:
@@ -172,7 +178,7 @@ class Inference:
     def _bos(self, loaded: Loaded) -> str:
         return loaded.llama.token_text(loaded.llama.bos) if loaded.llama.add_bos else ""
 
-    def _tokenize(self, loaded: Loaded, text: str, *, raw: bool) -> list[int]:
+    def _tokenize(self, loaded: Loaded, text: str) -> list[int]:
         llama = loaded.llama
         bos = llama.token_text(llama.bos) if llama.bos >= 0 else ""
         # templates usually write the BOS themselves; add it only when the text lacks it
@@ -183,7 +189,8 @@ class Inference:
         if params.raw:
             return params.prompt
         try:
-            return render_generate(model, params.prompt, system=params.system, template=params.template, bos_token=bos)
+            return render_generate(model, params.prompt, system=params.system, suffix=params.suffix,
+                                   template=params.template, bos_token=bos)
         except PromptError as exc:
             raise BadRequest(str(exc)) from exc
 
@@ -192,10 +199,26 @@ class Inference:
         system = model.system
         if system and not any(m.get("role") == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": system})
+        tools = params.tools if _choice(params.tool_choice) != "none" else None
         try:
-            return render_chat(model, messages, tools=params.tools, think=_think_flag(params.think), bos_token=bos)
+            return render_chat(model, messages, tools=tools, think=_think_flag(params.think), bos_token=bos)
         except PromptError as exc:
             raise BadRequest(str(exc)) from exc
+
+    def _fim_tokens(self, loaded: Loaded, prefix: str, suffix: str) -> list[int] | None:
+        """`<fim_pre>prefix<fim_suf>suffix<fim_mid>` from the model's own FIM tokens (PSM order)."""
+        fim = loaded.llama.fim
+        if min(fim["pre"], fim["suf"], fim["mid"]) < 0:
+            return None
+        llama = loaded.llama
+        head = [llama.bos] if llama.add_bos and llama.bos >= 0 else []
+        return (head + [fim["pre"]] + llama.tokenize(prefix, add_special=False, parse_special=False)
+                + [fim["suf"]] + llama.tokenize(suffix, add_special=False, parse_special=False) + [fim["mid"]])
+
+    def _fim_stops(self, loaded: Loaded) -> frozenset[int]:
+        """Tokens that end a fill-in-the-middle answer besides the model's end-of-generation ones."""
+        fim = loaded.llama.fim
+        return frozenset(t for t in (fim["pad"], fim["rep"], fim["sep"]) if t >= 0)
 
     # ---- generation --------------------------------------------------------------------
 
@@ -204,104 +227,214 @@ class Inference:
             raise BadRequest("raw mode does not support template, system, or context")
         if "completion" not in self.capabilities(model):
             raise BadRequest(f'"{params.model}" does not support generate')
-        if params.suffix:
+        if params.suffix and not params.raw:
             self._require(model, "insert", f"{model.entry.name.full} does not support insert")
+        if params.think and "thinking" not in self.capabilities(model):
+            raise BadRequest(f'"{params.model}" does not support thinking')
         if not 0 <= params.top_logprobs <= 20:
             raise BadRequest("top_logprobs must be between 0 and 20")
+
+    def _uses_go_fim(self, params: GenerateParams, model: Model) -> bool:
+        template = params.template or model.template or ""
+        return bool(params.suffix) and not params.raw and ".Suffix" in template
 
     async def render_generate_only(self, params: GenerateParams) -> str:
         """`_debug_render_only`: the prompt text, without running the model."""
         model = self.model(params.model)
         self._validate_generate(params, model)
+        if params.suffix and not params.raw and not self._uses_go_fim(params, model):
+            prep = self._prepare(model, params.options, params.keep_alive)
+            async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
+                tokens = self._fim_tokens(loaded, params.prompt, params.suffix) or []
+                return loaded.llama.detokenize(tokens, special=True)
         return self.render_generate(params, model)
 
     async def generate(self, params: GenerateParams) -> AsyncIterator[Delta | Final]:
         model = self.model(params.model)
         self._validate_generate(params, model)
         prep = self._prepare(model, params.options, params.keep_alive)
+        grammar = self._grammar(params.format)
         start = time.perf_counter_ns()
         async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
             load_ns = time.perf_counter_ns() - start
-            text = self.render_generate(params, model, bos=self._bos(loaded))
-            tokens = list(params.context or []) + self._tokenize(loaded, text, raw=params.raw)
-            job = self._job(prep, tokens, params.truncate, params.shift, params.logprobs, params.top_logprobs,
-                            params.format, loaded)
-            async for item in self._run(loaded, job, start, load_ns, keep_context=not params.raw):
+            stop_tokens: frozenset[int] = frozenset()
+            fim = params.suffix and not params.raw and not self._uses_go_fim(params, model)
+            if fim:
+                tokens = self._fim_tokens(loaded, params.prompt, params.suffix)
+                if tokens is None:
+                    raise BadRequest(f"{model.entry.name.full} does not support insert")
+                stop_tokens = self._fim_stops(loaded)
+                text = ""
+            else:
+                text = self.render_generate(params, model, bos=self._bos(loaded))
+                tokens = list(params.context or []) + self._tokenize(loaded, text)
+            if fim or self._uses_go_fim(params, model):
+                stop_tokens = self._fim_stops(loaded)
+            think = self._thinking(params.think, model)
+            parser = ReplyParser(think=think, in_thinking=prompt_opens_thinking(text))
+            job = self._job(prep, tokens, params, grammar, stop_tokens)
+            async for item in self._run(loaded, job, parser, start, load_ns, keep_context=not params.raw):
                 yield item
 
     async def chat(self, params: ChatParams) -> AsyncIterator[Delta | Final]:
         model = self.model(params.model)
         self._validate_chat(params, model)
         prep = self._prepare(model, params.options, params.keep_alive)
+        choice = _choice(params.tool_choice)
+        tools = params.tools if choice != "none" else None
+        template_text = model.template or model.chat_template or ""
+        tool_format = detect_format(template_text) if tools else None
+        grammar = self._grammar(params.format)
+        if tools and choice != "auto":  # required or a named function: force a call with a grammar
+            style = tool_format if tool_format in TOOL_CALL_STYLES else "json"
+            try:
+                grammar = tool_call_grammar(tools, name=None if choice == "required" else choice, style=style)
+            except SchemaError as exc:
+                raise BadRequest(str(exc)) from exc
         start = time.perf_counter_ns()
         async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
             load_ns = time.perf_counter_ns() - start
             text = self.render_chat(params, model, bos=self._bos(loaded))
-            tokens = self._tokenize(loaded, text, raw=False)
-            job = self._job(prep, tokens, params.truncate, params.shift, params.logprobs, params.top_logprobs,
-                            params.format, loaded)
-            async for item in self._run(loaded, job, start, load_ns, keep_context=False):
+            tokens = self._tokenize(loaded, text)
+            think = self._thinking(params.think, model)
+            names = [t["function"]["name"] for t in tools] if tools else None
+            parser = ReplyParser(think=think, in_thinking=prompt_opens_thinking(text), tool_format=tool_format,
+                                 tool_names=names)
+            job = self._job(prep, tokens, params, grammar, frozenset())
+            async for item in self._run(loaded, job, parser, start, load_ns, keep_context=False):
                 yield item
+
+    async def infill(self, name: str, prefix: str, suffix: str, *, extra: list[tuple[str, str]] | None = None,
+                     middle: str = "", options: dict | None = None, keep_alive: Any = None
+                     ) -> AsyncIterator[Delta | Final]:
+        """llama-server's /infill: repo-level context files, then prefix/suffix/middle in PSM order."""
+        model = self.model(name)
+        self._require(model, "insert", f"{model.entry.name.full} does not support insert")
+        prep = self._prepare(model, options, keep_alive)
+        start = time.perf_counter_ns()
+        async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
+            load_ns = time.perf_counter_ns() - start
+            llama, fim = loaded.llama, loaded.llama.fim
+            tokens = self._fim_tokens(loaded, prefix, suffix)
+            if tokens is None:
+                raise BadRequest(f"{model.entry.name.full} does not support insert")
+            context: list[int] = []
+            if extra:
+                if fim["rep"] >= 0:
+                    context += [fim["rep"]] + llama.tokenize("myproject\n", add_special=False)
+                for filename, text in extra:
+                    if fim["sep"] >= 0:
+                        context += [fim["sep"]] + llama.tokenize(f"{filename}\n", add_special=False)
+                    else:
+                        context += llama.tokenize(f"--- {filename} ---\n", add_special=False)
+                    context += llama.tokenize(text, add_special=False, parse_special=False)
+                if fim["sep"] >= 0:
+                    context += [fim["sep"]] + llama.tokenize("\n", add_special=False)
+            head = 1 if tokens and tokens[0] == llama.bos and llama.add_bos else 0
+            tokens = tokens[:head] + context + tokens[head:]
+            if middle:
+                tokens += llama.tokenize(middle, add_special=False, parse_special=False)
+            params = GenerateParams(model=name)
+            job = self._job(prep, tokens, params, None, self._fim_stops(loaded))
+            async for item in self._run(loaded, job, ReplyParser(think=False), start, load_ns, keep_context=False):
+                yield item
+
+    def _thinking(self, think: bool | str | None, model: Model) -> bool:
+        """Parse <think> blocks when thinking was asked for, or by default for thinking models."""
+        flag = _think_flag(think)
+        if flag is None:
+            return "thinking" in self.capabilities(model)
+        return flag
 
     def _validate_chat(self, params: ChatParams, model: Model) -> None:
         if "completion" not in self.capabilities(model):
             raise BadRequest(f'"{params.model}" does not support chat')
         if params.tools:
             self._require(model, "tools", f"{model.entry.name.full} does not support tools")
+            try:
+                tool_call_grammar(params.tools)  # validates every tool's name and parameter schema
+            except (SchemaError, ValueError) as exc:
+                raise BadRequest(f"invalid tools: {exc}") from exc
+            names = {t["function"]["name"] for t in params.tools}
+        else:
+            names = set()
+        choice = _choice(params.tool_choice)
+        if choice not in ("none", "auto", "required") and choice not in names:
+            raise BadRequest(f"tool_choice names function {choice!r}, which is not among the tools")
+        if choice == "required" and not params.tools:
+            raise BadRequest("tool_choice 'required' needs tools")
         if params.think and "thinking" not in self.capabilities(model):
             raise BadRequest(f'"{params.model}" does not support thinking')
         if not 0 <= params.top_logprobs <= 20:
             raise BadRequest("top_logprobs must be between 0 and 20")
+        call_ids: set[str] = set()
+        calls_seen = False
         for m in params.messages:
-            if m.get("role") not in ("system", "user", "assistant", "tool"):
-                raise BadRequest(f"invalid message role: {m.get('role')!r}")
+            role = m.get("role")
+            if role not in ("system", "user", "assistant", "tool"):
+                raise BadRequest(f"invalid message role: {role!r}")
+            if role == "assistant" and m.get("tool_calls"):
+                calls_seen = True
+                call_ids.update(c.get("id") for c in m["tool_calls"] if c.get("id"))
+            if role == "tool":
+                if not calls_seen:
+                    raise BadRequest("a tool message must follow an assistant message with tool_calls")
+                if m.get("tool_call_id") and call_ids and m["tool_call_id"] not in call_ids:
+                    raise BadRequest(f"tool message answers unknown tool_call_id {m['tool_call_id']!r}")
 
     async def render_chat_only(self, params: ChatParams) -> str:
         model = self.model(params.model)
         self._validate_chat(params, model)
         return self.render_chat(params, model)
 
-    def _job(self, prep: Prepared, tokens: list[int], truncate: bool, shift: bool, logprobs: bool,
-             top_logprobs: int, fmt: Any, loaded: Loaded) -> Job:
+    def _job(self, prep: Prepared, tokens: list[int], params: GenerateParams | ChatParams, grammar: str | None,
+             stop_tokens: frozenset[int]) -> Job:
         sampling = prep.options.sampling
-        sampling.grammar = self._grammar(fmt)
+        sampling.grammar = grammar
         return Job(
             tokens=tokens,
             sampling=sampling,
             num_predict=prep.options.num_predict,
             stop=prep.options.stop,
             num_keep=prep.options.num_keep,
-            truncate=truncate,
-            shift=shift,
-            logprobs=top_logprobs if logprobs else -1,
+            truncate=params.truncate,
+            shift=params.shift,
+            logprobs=params.top_logprobs if params.logprobs else -1,
+            ignore_eos=prep.options.ignore_eos,
+            stop_tokens=stop_tokens,
         )
 
     def _grammar(self, fmt: Any) -> str | None:
         if fmt is None or fmt == "":
             return None
-        from .engine import grammar
-
         try:
             if fmt == "json":
-                return grammar.json_grammar()
+                return json_grammar()
             if isinstance(fmt, dict):
-                return grammar.schema_grammar(fmt)
-        except grammar.SchemaError as exc:
+                return schema_grammar(fmt)
+        except SchemaError as exc:
             raise BadRequest(str(exc)) from exc
         raise BadRequest(f"invalid format: {fmt!r}; expected \"json\" or a JSON schema")
 
-    async def _run(self, loaded: Loaded, job: Job, start: int, load_ns: int, *, keep_context: bool
-                   ) -> AsyncIterator[Delta | Final]:
+    async def _run(self, loaded: Loaded, job: Job, parser: ReplyParser, start: int, load_ns: int, *,
+                   keep_context: bool) -> AsyncIterator[Delta | Final]:
+        calls = 0
         try:
-            events = loaded.runner.generate(job)
-            async for event in events:
+            async for event in loaded.runner.generate(job):
                 if isinstance(event, Piece):
+                    part = parser.feed(event.text)
                     lp = [(event.logprob, event.top or [])] if event.logprob is not None else None
-                    if event.text or lp:
-                        yield Delta(content=event.text, logprobs=lp)
+                    calls += len(part.tool_calls)
+                    if part or lp:
+                        yield Delta(content=part.content, thinking=part.thinking, tool_calls=part.tool_calls or None,
+                                    logprobs=lp)
                 elif isinstance(event, Done):
-                    if event.text_tail:
-                        yield Delta(content=event.text_tail)
+                    part = parser.feed(event.text_tail)
+                    tail = parser.finish()
+                    calls += len(part.tool_calls) + len(tail.tool_calls)
+                    for p in (part, tail):
+                        if p:
+                            yield Delta(content=p.content, thinking=p.thinking, tool_calls=p.tool_calls or None)
                     yield Final(
                         done_reason=event.reason,
                         prompt_eval_count=event.prompt_eval_count,
@@ -311,6 +444,7 @@ class Inference:
                         load_duration=load_ns,
                         total_duration=time.perf_counter_ns() - start,
                         context=(job.tokens + event.output_tokens) if keep_context else None,
+                        tool_calls=calls,
                     )
                 elif isinstance(event, Failed):
                     raise RuntimeError(event.message)
@@ -331,11 +465,26 @@ class Inference:
             load_ns = time.perf_counter_ns() - start
             embedder = await asyncio.to_thread(loaded.embedder_for, self.settings.num_threads)
             try:
-                token_lists = [embedder.fit(self._tokenize(loaded, text, raw=True), truncate) for text in inputs]
+                token_lists = [embedder.fit(self._tokenize(loaded, text), truncate) for text in inputs]
             except ContextLengthError as exc:
                 raise BadRequest(str(exc)) from exc
             vectors = await asyncio.to_thread(embedder.embed, token_lists)
             return vectors, sum(len(t) for t in token_lists), load_ns
+
+
+def _choice(tool_choice: Any) -> str:
+    """tool_choice → "none" | "auto" | "required" | a function name."""
+    if tool_choice is None or tool_choice == "":
+        return "auto"
+    if isinstance(tool_choice, str):
+        if tool_choice in ("none", "auto", "required", "any"):
+            return "required" if tool_choice == "any" else tool_choice
+        raise BadRequest(f"invalid tool_choice {tool_choice!r}")
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
+        if isinstance(name, str) and name:
+            return name
+    raise BadRequest(f"invalid tool_choice {tool_choice!r}")
 
 
 def _think_flag(think: bool | str | None) -> bool | None:

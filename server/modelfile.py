@@ -1,8 +1,11 @@
-"""Modelfiles: rendering a stored model back into one (`ollama show --modelfile`)."""
+"""Modelfiles: parsing them (`ollama create -f`) and rendering a stored model back into one
+(`ollama show --modelfile`)."""
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from .store.model import Model
@@ -53,7 +56,207 @@ def render(model: Model) -> str:
     for license_text in model.license:
         lines.append(f'LICENSE """{license_text}"""')
     for message in model.messages:
-        lines.append(f"MESSAGE {message.get('role', 'user')} {json.dumps(message.get('content', ''), ensure_ascii=False)}"
-                     if "\n" in message.get("content", "") else
-                     f"MESSAGE {message.get('role', 'user')} {message.get('content', '')}")
+        lines.append(f"MESSAGE {message.get('role', 'user')} {quote(message.get('content', ''))}")
     return "\n".join(lines) + "\n"
+
+
+def quote(value: str) -> str:
+    """A Modelfile value that parses back to itself: multi-line or space-edged text in triple quotes."""
+    if "\n" in value or value != value.strip() or value.startswith('"') or not value:
+        return f'"""{value}"""'
+    return value
+
+
+# ---- parsing ---------------------------------------------------------------------------------
+
+COMMANDS = ("from", "license", "template", "system", "adapter", "parameter", "message", "requires")
+MESSAGE_ROLES = ("system", "user", "assistant")
+# parameters Ollama no longer knows: accepted with a warning, not stored
+DEPRECATED_PARAMETERS = ("penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock",
+                         "mirostat", "mirostat_tau", "mirostat_eta", "tfs_z", "numa")
+
+_COMMAND = re.compile(r"^([A-Za-z]+)(?:[ \t]+(.*))?$", re.DOTALL)
+_PARAMETER = re.compile(r"^([A-Za-z0-9_]+)[ \t]+(.*)$", re.DOTALL)
+_ROLE = re.compile(r"^([A-Za-z]+)[ \t]+(.*)$", re.DOTALL)
+SEMVER = re.compile(r"^v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
+
+
+class ModelfileError(ValueError):
+    """The Modelfile cannot be parsed; the message names the line and the problem."""
+
+
+@dataclass
+class Command:
+    name: str  # from | license | template | system | adapter | message | requires | parameter
+    args: str
+    parameter: str = ""  # for `parameter`: the option's name
+    role: str = ""  # for `message`
+
+
+@dataclass
+class Modelfile:
+    """A parsed Modelfile: the commands in order, and what they add up to."""
+
+    commands: list[Command] = field(default_factory=list)
+    froms: list[str] = field(default_factory=list)
+    adapters: list[str] = field(default_factory=list)
+    template: str | None = None
+    system: str | None = None
+    license: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, str]] = field(default_factory=list)
+    requires: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def from_(self) -> str:
+        """The base: a model name, a path, or `@sha256:…` (the last FROM)."""
+        return self.froms[-1]
+
+    def create_fields(self) -> dict[str, Any]:
+        """The /api/create fields besides model/from/files/adapters, as the Ollama CLI sends them."""
+        out: dict[str, Any] = {}
+        if self.template is not None:
+            out["template"] = self.template
+        if self.system is not None:
+            out["system"] = self.system
+        if self.license:
+            out["license"] = list(self.license)
+        if self.parameters:
+            out["parameters"] = dict(self.parameters)
+        if self.messages:
+            out["messages"] = [dict(m) for m in self.messages]
+        if self.requires:
+            out["requires"] = self.requires
+        return out
+
+
+def _unquote(text: str) -> tuple[str, bool]:
+    """Ollama's rule: `\"\"\"…\"\"\"` or `"…"` lose their quotes; an unterminated quote is not done yet."""
+    if text.startswith('"""'):
+        if len(text) >= 6 and text.endswith('"""'):
+            return text[3:-3], True
+        return "", False
+    if text.startswith('"'):
+        if len(text) >= 2 and text.endswith('"'):
+            return text[1:-1], True
+        return "", False
+    return text, True
+
+
+def parse(text: str) -> Modelfile:
+    """Parse Modelfile text. Commands are case-insensitive; `#` starts a comment line; a value runs to
+    the end of its line unless quoted, and a quoted value (`"…"` or `\"\"\"…\"\"\"`) may span lines."""
+    from .api.types import OPTION_TYPES
+
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    result = Modelfile()
+    i = 0
+    while i < len(lines):
+        lineno = i + 1
+        line = lines[i].strip(" \t")
+        i += 1
+        if not line or line.startswith("#"):
+            continue
+        m = _COMMAND.match(line)
+        word = re.match(r"^\S*", line).group(0)
+        if not m or m.group(1).lower() not in COMMANDS:
+            raise ModelfileError(
+                f"(line {lineno}): unknown command {word!r}: command must be one of "
+                + ", ".join(f'"{c}"' for c in COMMANDS)
+            )
+        name, rest = m.group(1).lower(), m.group(2)
+        if rest is None:
+            raise ModelfileError(f"(line {lineno}): {name.upper()} needs a value")
+        parameter = role = ""
+        if name == "parameter":
+            pm = _PARAMETER.match(rest)
+            if not pm:
+                raise ModelfileError(f"(line {lineno}): PARAMETER needs a name and a value")
+            parameter, rest = pm.group(1), pm.group(2)
+        elif name == "message":
+            rm = _ROLE.match(rest)
+            if not rm:
+                raise ModelfileError(f"(line {lineno}): MESSAGE needs a role and a text")
+            role, rest = rm.group(1), rm.group(2)
+            if role not in MESSAGE_ROLES:
+                raise ModelfileError(f'(line {lineno}): message role must be one of "system", "user", or "assistant"')
+        buf = rest
+        while True:
+            value, done = _unquote(buf.strip(" \t\n"))
+            if done:
+                break
+            if i >= len(lines):
+                raise ModelfileError(f"(line {lineno}): unexpected EOF: unterminated quoted value for {name.upper()}")
+            buf += "\n" + lines[i]
+            i += 1
+        result.commands.append(Command(name, value, parameter, role))
+        if name == "from":
+            result.froms.append(value)
+        elif name == "adapter":
+            result.adapters.append(value)
+        elif name == "template":
+            result.template = value
+        elif name == "system":
+            result.system = value
+        elif name == "license":
+            result.license.append(value)
+        elif name == "message":
+            result.messages.append({"role": role, "content": value})
+        elif name == "requires":
+            if not SEMVER.match(value):
+                raise ModelfileError(f"(line {lineno}): requires must be a valid semver (e.g. 0.14.0)")
+            result.requires = value.removeprefix("v")
+        else:
+            _add_parameter(result, parameter, value, OPTION_TYPES, lineno)
+    if not result.froms:
+        raise ModelfileError("no FROM line")
+    return result
+
+
+_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+
+
+def typed_parameter(name: str, value: str, option_types: dict[str, type] | None = None) -> Any:
+    """A PARAMETER's text as the JSON value its option takes (Go's api.FormatParams)."""
+    if option_types is None:
+        from .api.types import OPTION_TYPES as option_types
+    kind = option_types.get(name)
+    if kind is None:
+        raise ModelfileError(f"unknown parameter '{name}'")
+    if kind is int:
+        try:
+            return int(value, 10)
+        except ValueError:
+            raise ModelfileError(f"invalid int value {value}") from None
+    if kind is float:
+        try:
+            return float(value)
+        except ValueError:
+            raise ModelfileError(f"invalid float value {value}") from None
+    if kind is bool:
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        raise ModelfileError(f"invalid bool value {value}")
+    if kind is list:
+        return [value]
+    return value
+
+
+def _add_parameter(result: Modelfile, name: str, value: str, option_types: dict[str, type], lineno: int) -> None:
+    if name in DEPRECATED_PARAMETERS:
+        result.warnings.append(f"parameter {name} is deprecated")
+        return
+    try:
+        typed = typed_parameter(name, value, option_types)
+    except ModelfileError as exc:
+        raise ModelfileError(f"(line {lineno}): {exc}") from None
+    if isinstance(typed, list):
+        result.parameters.setdefault(name, []).extend(typed)
+    else:
+        result.parameters[name] = typed

@@ -23,6 +23,7 @@ class Options:
     num_batch: int = 512
     num_gpu: int = -1
     num_thread: int = 0
+    ignore_eos: bool = False
 
 
 def _check(key: str, value: Any, kind: type) -> Any:
@@ -69,7 +70,7 @@ def parse_options(*layers: dict[str, Any] | None) -> Options:
         if n < -2:
             raise OptionError("num_predict must be -1 (no limit) or a positive number")
         opts.num_predict = -1 if n in (-1, -2) else n
-    for name in ("num_keep", "num_ctx", "num_batch", "num_gpu", "num_thread"):
+    for name in ("num_keep", "num_ctx", "num_batch", "num_gpu", "num_thread", "ignore_eos"):
         if name in merged:
             setattr(opts, name, merged[name])
     if opts.num_ctx < 0 or (0 < opts.num_ctx < 16):

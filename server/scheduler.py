@@ -55,6 +55,8 @@ class Loaded:
     users: int = 0
     embedder: Embedder | None = None
     timer: asyncio.TimerHandle | None = None
+    busy_since: float = 0.0  # monotonic time the first of the current users arrived
+    busy_seconds: float = 0.0  # time with at least one user, earlier spans (for the metrics)
 
     @property
     def name(self) -> str:
@@ -103,6 +105,7 @@ class Scheduler:
         self.loaded: dict[str, Loaded] = {}  # by model digest
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiting = 0
+        self.totals: dict[str, dict[str, int]] = {}  # runner stats of unloaded models, by name (metrics)
 
     # ---- requests ----------------------------------------------------------------------
 
@@ -123,6 +126,8 @@ class Scheduler:
         finally:
             self._waiting -= 1
         loaded.users += 1
+        if loaded.users == 1:
+            loaded.busy_since = time.monotonic()
         loaded.keep_alive = keep_alive
         if loaded.timer:
             loaded.timer.cancel()
@@ -134,6 +139,7 @@ class Scheduler:
             loaded.users -= 1
             loaded.last_used = time.monotonic()
             if loaded.users == 0:
+                loaded.busy_seconds += loaded.last_used - loaded.busy_since
                 self._arm(loaded)
 
     async def load(self, model: Model, options: RunnerOptions, keep_alive: float | None) -> Loaded:
@@ -149,7 +155,9 @@ class Scheduler:
         return True
 
     def running(self) -> list[Loaded]:
-        return sorted(self.loaded.values(), key=lambda l: l.expires_at, reverse=True)
+        """Loaded models, longest-lived first (models being unloaded are left out)."""
+        alive = [l for l in self.loaded.values() if l.expires_at > 0]
+        return sorted(alive, key=lambda l: l.expires_at, reverse=True)
 
     async def close(self) -> None:
         for loaded in list(self.loaded.values()):
@@ -173,6 +181,9 @@ class Scheduler:
     async def _evict(self, loaded: Loaded) -> None:
         if self.loaded.get(loaded.model.digest) is loaded:
             del self.loaded[loaded.model.digest]
+            totals = self.totals.setdefault(loaded.name, {})
+            for key, value in loaded.runner.stats.items():
+                totals[key] = totals.get(key, 0) + value
         if loaded.timer:
             loaded.timer.cancel()
         loaded.expires_at = 0

@@ -117,7 +117,7 @@ def _load_response(model: str, final: Final, chat: bool) -> Response:
     return json_response(body)
 
 
-@post("/api/generate")
+@post("/api/generate", status_code=200)
 async def generate(request: Request) -> Response | Stream:
     req = await decode(request, t.GenerateRequest)
     inference = services(request)
@@ -173,7 +173,7 @@ async def generate(request: Request) -> Response | Stream:
     return await _aggregate(request, collect(), it)
 
 
-@post("/api/chat")
+@post("/api/chat", status_code=200)
 async def chat(request: Request) -> Response | Stream:
     req = await decode(request, t.ChatRequest)
     inference = services(request)
@@ -278,7 +278,7 @@ def _tool_dict(tool: t.Tool) -> dict:
 # ---- embeddings ----------------------------------------------------------------------------
 
 
-@post("/api/embed")
+@post("/api/embed", status_code=200)
 async def embed(request: Request) -> Response:
     req = await decode(request, t.EmbedRequest)
     inference = services(request)
@@ -310,7 +310,7 @@ async def embed(request: Request) -> Response:
                                          load_duration=load_ns, prompt_eval_count=n_tokens))
 
 
-@post("/api/embeddings")
+@post("/api/embeddings", status_code=200)
 async def embeddings(request: Request) -> Response:
     req = await decode(request, t.EmbeddingRequest)
     inference = services(request)
@@ -349,7 +349,7 @@ async def tags(request: Request) -> Response:
     return json_response(t.ListResponse(models=models))
 
 
-@post("/api/show")
+@post("/api/show", status_code=200)
 async def show(request: Request) -> Response:
     req = await decode(request, t.ShowRequest)
     inference = services(request)
@@ -404,7 +404,7 @@ async def ps(request: Request) -> Response:
     return json_response(t.ProcessResponse(models=models))
 
 
-@post("/api/copy")
+@post("/api/copy", status_code=200)
 async def copy(request: Request) -> Response:
     req = await decode(request, t.CopyRequest)
     inference = services(request)

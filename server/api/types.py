@@ -265,6 +265,53 @@ class ErrorResponse(msgspec.Struct):
     error: str
 
 
+# ---- model lifecycle: pull, push, create (server/api/models.py) --------------------------
+
+
+class PullRequest(msgspec.Struct):
+    model: str = ""
+    name: str = ""  # legacy spelling of model
+    insecure: bool = False  # plain http to the registry
+    stream: bool | None = None
+    username: str = ""  # sent by old clients; unused
+    password: str = ""
+
+
+class PushRequest(msgspec.Struct):
+    model: str = ""
+    name: str = ""
+    insecure: bool = False
+    stream: bool | None = None
+    username: str = ""
+    password: str = ""
+
+
+class CreateRequest(msgspec.Struct):
+    model: str = ""
+    name: str = ""  # legacy spelling of model
+    from_: str = msgspec.field(default="", name="from")  # a model name, `@sha256:…` or a path on the server
+    files: dict[str, str] | None = None  # {relative path: "sha256:…"} of uploaded blobs
+    adapters: dict[str, str] | None = None
+    template: str = ""
+    system: str = ""
+    license: str | list[str] | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[Message] | None = None
+    quantize: str = ""  # q4_K_M | q8_0
+    quantization: str = ""  # older spelling of quantize
+    requires: str = ""  # the Ollama version the model needs (Modelfile REQUIRES), kept in its config
+    stream: bool | None = None
+    modelfile: str = ""  # legacy (≤ v0.5.4): the Modelfile text
+    path: str = ""  # legacy: a Modelfile on the server's disk
+
+
+class ProgressResponse(msgspec.Struct, omit_defaults=True):
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
+
+
 # ---- options -----------------------------------------------------------------------------
 
 # Every option Ollama knows, with the JSON type it must have. Unknown keys are ignored
@@ -289,4 +336,5 @@ OPTION_TYPES: dict[str, type] = {
     "main_gpu": int,
     "use_mmap": bool,
     "num_thread": int,
+    "ignore_eos": bool,  # Corral extension (as llama-server): keep generating past end-of-generation tokens
 }

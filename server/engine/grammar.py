@@ -155,12 +155,22 @@ def _json_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False)
 
 
-def _rep(item: str, lo: int, hi: int | None) -> str:
+# llama.cpp refuses a repetition minimum above 2000 and silently treats a maximum
+# above 2000 as unbounded; larger upper bounds (maxLength, maxItems) are therefore
+# not enforced, larger lower bounds are refused.
+_MAX_REP = 2000
+
+
+def _rep(item: str, lo: int, hi: int | None, what: str = "repetition") -> str:
     """GBNF repetition of ``item`` (an atom) lo..hi times ('' when it can only be empty)."""
     if hi is not None and hi <= 0:
         return ""
     if hi is not None and hi < lo:
         raise SchemaError(f"empty repetition {lo}..{hi}")
+    if lo > _MAX_REP:
+        raise _unsupported(f"{what} above {_MAX_REP} ({lo})")
+    if hi is not None and hi > _MAX_REP:
+        hi = None
     if hi is None:
         if lo == 0:
             return f"{item}*"
@@ -217,7 +227,6 @@ def _same_len_range(lo: str, hi: str) -> list[str]:
 
 
 def _group(alts: list[str]) -> str:
-    alts = [a for a in alts]
     if len(alts) == 1:
         return alts[0]
     return "( " + " | ".join(a if a else '""' for a in alts) + " )"
@@ -606,7 +615,7 @@ class _Converter:
         if lo == 0 and hi is None:
             return self.prim("string")
         char = self.prim("char")
-        return self.add(hint, _seq(r'"\""', _rep(char, lo, hi), r'"\""'))
+        return self.add(hint, _seq(r'"\""', _rep(char, lo, hi, "minLength"), r'"\""'))
 
     # -- numbers ----------------------------------------------------------
     @staticmethod
@@ -649,7 +658,7 @@ class _Converter:
         frac = self.prim("frac-part")
         any_frac = f'("." {frac})?'
         zero_frac = '("." "0"{1,16})?'
-        nonzero_frac = f'"." [0-9]{{0,15}} [1-9] [0-9]{{0,15}}'
+        nonzero_frac = '"." [0-9]{0,15} [1-9] [0-9]{0,15}'
         frac_expr = {"any": any_frac, "zero": zero_frac, "nonzero": nonzero_frac}
 
         def magnitude(a: int, a_ex: bool, b: int | None, b_ex: bool) -> list[str]:
@@ -745,9 +754,9 @@ class _Converter:
                 return ""
             el = f"{rest_expr} {ws}"
             if i > 0:
-                return _rep(f'( "," {ws} {el} )', r_lo, r_hi)
+                return _rep(f'( "," {ws} {el} )', r_lo, r_hi, "minItems")
             # first element of a plain array: no comma before it
-            more = _rep(f'( "," {ws} {el} )', max(r_lo - 1, 0), None if r_hi is None else r_hi - 1)
+            more = _rep(f'( "," {ws} {el} )', max(r_lo - 1, 0), None if r_hi is None else r_hi - 1, "minItems")
             body = _seq(el, more)
             return body if r_lo > 0 else f"( {body} )?"
 
@@ -856,12 +865,9 @@ class _Converter:
             else:
                 alts.append(f"{char}+")
             if not node.get(""):
-                alts.append('""')  # the key may end here
-            elif children:
-                pass
+                alts.append('""')  # the key may end here (this prefix is not a name)
             return "( " + " | ".join(alts) + " )"
 
-        # a key equal to a name must continue; if it is a prefix of a name it may stop
         return self.add("key-other", _seq(r'"\""', visit(trie), r'"\""'))
 
 

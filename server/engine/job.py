@@ -36,6 +36,7 @@ class Job:
     shift: bool = True
     truncate: bool = True
     stop_tokens: frozenset[int] = frozenset()  # extra end tokens (e.g. FIM file separators)
+    ignore_eos: bool = False  # benchmarks: generate num_predict tokens whatever the model says
     logprobs: int = -1  # -1: none; 0..20: chosen token's logprob plus this many alternatives
 
     # filled by the engine

@@ -51,6 +51,47 @@ def supports_gpu() -> bool:
     return bool(C.llama_supports_gpu_offload())
 
 
+_DEV_TYPES = {0: "CPU", 1: "GPU", 2: "iGPU", 3: "accelerator"}  # enum ggml_backend_dev_type
+
+
+def _ggml(name: str, restype, *argtypes):
+    """A ggml function the bindings do not wrap, from the library they loaded (it links libggml)."""
+    return ctypes.CFUNCTYPE(restype, *argtypes)((name, C._lib))
+
+
+def describe_backends() -> list[str]:
+    """One line per ggml device: "CUDA0: NVIDIA H100 80GB HBM3 (GPU, free 78.6 GiB / total 79.1 GiB)"."""
+    init_backend()
+    try:
+        count = _ggml("ggml_backend_dev_count", ctypes.c_size_t)
+        get = _ggml("ggml_backend_dev_get", ctypes.c_void_p, ctypes.c_size_t)
+        name = _ggml("ggml_backend_dev_name", ctypes.c_char_p, ctypes.c_void_p)
+        description = _ggml("ggml_backend_dev_description", ctypes.c_char_p, ctypes.c_void_p)
+        dev_type = _ggml("ggml_backend_dev_type", ctypes.c_int, ctypes.c_void_p)
+        size_p = ctypes.POINTER(ctypes.c_size_t)
+        memory = _ggml("ggml_backend_dev_memory", None, ctypes.c_void_p, size_p, size_p)
+    except AttributeError:  # a build without the backend registry
+        return []
+    lines = []
+    for i in range(count()):
+        dev = get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        memory(dev, ctypes.byref(free), ctypes.byref(total))
+        kind = _DEV_TYPES.get(dev_type(dev), "device")
+        lines.append(
+            f"{(name(dev) or b'?').decode()}: {(description(dev) or b'').decode(errors='replace')} "
+            f"({kind}, free {free.value / 2**30:.1f} GiB / total {total.value / 2**30:.1f} GiB)"
+        )
+    return lines
+
+
+def log_backends() -> None:
+    """Log the devices llama.cpp sees and whether layers can be offloaded to a GPU."""
+    for line in describe_backends():
+        log.info("device %s", line)
+    log.info("GPU offload: %s", "available" if supports_gpu() else "not available (CPU only)")
+
+
 def default_threads() -> int:
     """The cores this process may run on: more threads than cores makes decode slower."""
     try:
@@ -66,11 +107,16 @@ class LoadError(RuntimeError):
 class LlamaModel:
     """Weights and vocabulary of one GGUF file."""
 
-    def __init__(self, path: str | Path, *, n_gpu_layers: int = -1, use_mmap: bool = True, extra_bufts: bool = False):
+    def __init__(self, path: str | Path, *, n_gpu_layers: int = -1, use_mmap: bool = True,
+                 extra_bufts: bool | None = None):
         init_backend()
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers if n_gpu_layers >= 0 else (999 if supports_gpu() else 0)
         params.use_mmap = use_mmap
+        # Repacked CPU weight layouts switch kernels with the batch size (gemv vs gemm), which makes
+        # a sequence's numbers depend on its neighbours. Off by default: deterministic under load.
+        if extra_bufts is None:
+            extra_bufts = os.environ.get("CORRAL_DETERMINISTIC", "1") == "0"
         params.use_extra_bufts = extra_bufts
         self.path = str(path)
         self.n_gpu_layers = params.n_gpu_layers
@@ -166,7 +212,9 @@ def context_params(
     params.no_perf = True
     # -1 auto, 0 off, 1 on; a quantized V cache needs flash attention
     quantized = kv_cache_type in ("q8_0", "q4_0")
-    params.flash_attn_type = 1 if (flash_attention or quantized) else -1
+    # On the CPU, flash attention switches to a tiled kernel for long batches, so a prompt's last
+    # token would come out slightly different computed alone (after a prefix-cache hit): off there.
+    params.flash_attn_type = 1 if (flash_attention or quantized) else (-1 if supports_gpu() else 0)
     params.type_k = KV_TYPES.get(kv_cache_type, C.GGML_TYPE_F16)
     params.type_v = KV_TYPES.get(kv_cache_type, C.GGML_TYPE_F16)
     if embeddings:

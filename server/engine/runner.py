@@ -307,7 +307,7 @@ class Runner:
         token = seq.chain.sample(self.ctx, seq.out_row)
         if not seq.generated and seq.t_first == 0:
             seq.t_first = now
-        if self.model.is_eog(token) or token in job.stop_tokens:
+        if (self.model.is_eog(token) and not job.ignore_eos) or token in job.stop_tokens:
             self._finish(seq, "stop", out)
             return
         seq.generated.append(token)

@@ -229,6 +229,7 @@ class ToolCallParser:
         self._scan: _JsonScan | None = None
         self._finished = False
         self._emitted = False  # anything (content or call) emitted yet
+        self._bad_end = 0  # set by the _try_* helpers when they return _BAD
 
     # -- public -------------------------------------------------------------
     def feed(self, text: str) -> list[Event]:

@@ -84,18 +84,22 @@ def render_generate(
     prompt: str,
     *,
     system: str | None = None,
+    suffix: str = "",
     template: str | None = None,
     bos_token: str = "",
     eos_token: str = "",
 ) -> str:
-    """/api/generate: the prompt as one user turn (with the system prompt), through the template."""
+    """/api/generate: the prompt as one user turn (with the system prompt), through the template.
+
+    With a suffix the Go template's `.Prompt`/`.Suffix` branch renders a fill-in-the-middle prompt.
+    """
     system = system if system is not None else model.system
     go_template = template or model.template
     if go_template:
         from .ollama import render_generate as render_go
 
         try:
-            return render_go(go_template, prompt=prompt, system=system or "")
+            return render_go(go_template, prompt=prompt, system=system or "", suffix=suffix)
         except ValueError as exc:
             raise PromptError(str(exc)) from exc
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]

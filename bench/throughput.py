@@ -1,0 +1,124 @@
+"""Aggregate generation throughput: raw llama.cpp batched decode vs Corral over HTTP.
+
+    python -m bench.throughput --model gemma3:270m --concurrency 1,4 [--tokens 128] [--json]
+
+For each concurrency N, in one run on one model:
+- raw: a plain llama_decode loop over N sequences with greedy picks (no server, no Python
+  per-token work beyond the loop): the ceiling.
+- corral: a `corral serve` process and N concurrent streaming /api/generate clients
+  (`--tokens` tokens each, temperature 0.8); aggregate tok/s over wall time, TTFT p50.
+Prints one line per level and the ratio corral / raw; --json prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import json
+import statistics
+import time
+
+import httpx
+import llama_cpp.llama_cpp as C
+
+from server.engine.llama import LlamaModel, context_params, default_threads, new_context
+
+from .common import PROMPTS, CorralProcess, gguf_path, model_store
+
+
+def raw_decode(path: str, n_seq: int, n_tokens: int, extra_bufts: bool) -> float:
+    """Tokens per second of a bare batched decode loop with N sequences."""
+    model = LlamaModel(path, extra_bufts=extra_bufts)
+    params = context_params(n_ctx=(n_tokens + 128) * n_seq, n_batch=512, n_seq_max=n_seq,
+                            n_threads=default_threads())
+    ctx = new_context(model, params)
+    batch = C.llama_batch_init(512, 0, 1)
+    greedy = C.llama_sampler_init_greedy()
+    try:
+        pos, last = [], []
+        for s in range(n_seq):  # prefill each sequence
+            tokens = model.tokenize(PROMPTS[s % len(PROMPTS)] + f" (variant {s})")
+            for i, t in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = t, i, 1, i == len(tokens) - 1
+                batch.seq_id[i][0] = s
+            batch.n_tokens = len(tokens)
+            assert C.llama_decode(ctx, batch) == 0
+            last.append(C.llama_sampler_sample(greedy, ctx, len(tokens) - 1))
+            pos.append(len(tokens))
+        start = time.perf_counter()
+        for _ in range(n_tokens):
+            for s in range(n_seq):
+                batch.token[s], batch.pos[s], batch.n_seq_id[s], batch.logits[s] = last[s], pos[s], 1, True
+                batch.seq_id[s][0] = s
+                pos[s] += 1
+            batch.n_tokens = n_seq
+            assert C.llama_decode(ctx, batch) == 0
+            for s in range(n_seq):
+                last[s] = C.llama_sampler_sample(greedy, ctx, s)
+        return n_seq * n_tokens / (time.perf_counter() - start)
+    finally:
+        C.llama_sampler_free(greedy)
+        C.llama_batch_free(batch)
+        C.llama_free(ctx)
+        model.close()
+
+
+async def _one(client: httpx.AsyncClient, url: str, model: str, i: int, n_tokens: int) -> tuple[float, int]:
+    body = {"model": model, "prompt": PROMPTS[i % len(PROMPTS)] + f" (variant {i})", "stream": True,
+            "options": {"num_predict": n_tokens, "temperature": 0.8, "seed": i, "ignore_eos": True}}
+    start = time.perf_counter()
+    ttft, count = None, 0
+    async with client.stream("POST", url + "/api/generate", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line:
+                continue
+            chunk = json.loads(line)
+            if ttft is None and chunk.get("response"):
+                ttft = time.perf_counter() - start
+            if chunk.get("done"):
+                count = chunk.get("eval_count", 0)
+    return (ttft or 0.0), count
+
+
+async def corral_load(url: str, model: str, n: int, n_tokens: int) -> tuple[float, float]:
+    """(aggregate tok/s, TTFT p50 ms) for N concurrent streaming clients."""
+    async with httpx.AsyncClient(timeout=600) as client:
+        await _one(client, url, model, 999, 4)  # warm: model loaded, caches touched
+        start = time.perf_counter()
+        results = await asyncio.gather(*[_one(client, url, model, i, n_tokens) for i in range(n)])
+        wall = time.perf_counter() - start
+    tokens = sum(count for _, count in results)
+    return tokens / wall, 1000 * statistics.median(t for t, _ in results)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="gemma3:270m")
+    ap.add_argument("--concurrency", default="1,4")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--asgi", default="uvicorn", choices=["uvicorn", "granian"])
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    levels = [int(x) for x in args.concurrency.split(",")]
+    root = model_store(args.model)
+    path = str(gguf_path(root, args.model))
+    out = {"model": args.model, "tokens": args.tokens, "asgi": args.asgi, "threads": default_threads(), "levels": []}
+    with CorralProcess(root, {"OLLAMA_NUM_PARALLEL": str(max(levels)), "CORRAL_ASGI_SERVER": args.asgi}) as server:
+        for n in levels:
+            raw = raw_decode(path, n, args.tokens, extra_bufts=True)
+            raw_plain = raw_decode(path, n, args.tokens, extra_bufts=False)
+            agg, ttft = asyncio.run(corral_load(server.url, args.model, n, args.tokens))
+            level = {"concurrency": n, "raw_tok_s": round(raw, 1), "raw_no_repack_tok_s": round(raw_plain, 1),
+                     "corral_tok_s": round(agg, 1), "ttft_p50_ms": round(ttft, 1), "ratio": round(agg / raw, 3)}
+            out["levels"].append(level)
+            if not args.json:
+                print(f"N={n:<3} raw {raw:7.1f} tok/s (no repack {raw_plain:7.1f})  corral {agg:7.1f} tok/s  "
+                      f"TTFT p50 {ttft:6.1f} ms  ratio {agg / raw:.3f}", flush=True)
+    if args.json:
+        print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
