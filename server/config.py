@@ -91,6 +91,7 @@ class Settings:
     load_timeout: float = 300.0
     num_threads: int = 0  # 0 = the cores this process may run on
     embed_default_model: bool = True
+    prefix_cache: bool = True
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -112,4 +113,5 @@ class Settings:
             load_timeout=parse_duration(os.environ.get("OLLAMA_LOAD_TIMEOUT"), 300.0),
             num_threads=_int("CORRAL_NUM_THREADS", 0),
             embed_default_model=not _bool("CORRAL_NO_DEFAULT_MODEL"),
+            prefix_cache=_bool("CORRAL_PREFIX_CACHE", True),
         )

@@ -27,7 +27,7 @@ from .template.prompt import PromptError, render_chat, render_generate
 
 __all__ = [
     "BadRequest", "NotFound", "QueueFull", "ModelLoadError", "Inference", "GenerateParams", "ChatParams",
-    "Delta", "Final",
+    "Delta", "Final", "Answer", "collect",
 ]
 
 
@@ -87,7 +87,8 @@ class Delta:
 @dataclass
 class Final:
     done_reason: str
-    prompt_eval_count: int = 0
+    prompt_tokens: int = 0  # the whole prompt, cached tokens included
+    prompt_eval_count: int = 0  # prompt tokens computed (cached ones skipped, as Ollama counts)
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
@@ -95,6 +96,30 @@ class Final:
     total_duration: int = 0
     context: list[int] | None = None
     tool_calls: int = 0  # how many tool calls the answer made (finish_reason "tool_calls")
+
+
+@dataclass
+class Answer:
+    """A whole answer: the deltas of a generation put together."""
+
+    content: str
+    thinking: str
+    tool_calls: list[dict]
+    logprobs: list[tuple[TokenLogprob, list[TokenLogprob]]]
+    final: Final
+
+
+async def collect(items: AsyncIterator[Delta | Final], first: Delta | Final | None = None) -> Answer:
+    """Run a generation to its end and put its deltas together (first: an item already taken)."""
+    content, thinking, calls, logprobs = [], [], [], []
+    item = first if first is not None else await items.__anext__()
+    while not isinstance(item, Final):
+        content.append(item.content)
+        thinking.append(item.thinking)
+        calls.extend(item.tool_calls or [])
+        logprobs.extend(item.logprobs or [])
+        item = await items.__anext__()
+    return Answer("".join(content), "".join(thinking), calls, logprobs, item)
 
 
 @dataclass
@@ -437,6 +462,7 @@ class Inference:
                             yield Delta(content=p.content, thinking=p.thinking, tool_calls=p.tool_calls or None)
                     yield Final(
                         done_reason=event.reason,
+                        prompt_tokens=event.prompt_tokens,
                         prompt_eval_count=event.prompt_eval_count,
                         prompt_eval_duration=event.prompt_eval_ns,
                         eval_count=event.eval_count,

@@ -237,6 +237,7 @@ class Scheduler:
                 n_threads=options.num_thread or self.settings.num_threads,
                 flash_attention=self.settings.flash_attention,
                 kv_cache_type=self.settings.kv_cache_type,
+                prefix_cache=self.settings.prefix_cache,
             )
         except LoadError as exc:
             llama.close()

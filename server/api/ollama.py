@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,12 +11,12 @@ from litestar.response import Stream
 
 from .. import __version__, modelfile
 from ..config import FOREVER
-from ..inference import ChatParams, Delta, Final, GenerateParams, Inference
+from ..inference import ChatParams, Delta, Final, GenerateParams, Inference, collect
 from ..store.gguf import read_info
 from ..store.model import Model
 from . import types as t
 from .errors import raise_for
-from .wire import APIError, decode, encode, error, json_response, ndjson, now, rfc3339
+from .wire import APIError, decode, first_item, json_response, ndjson, now, rfc3339, until_complete
 
 FAR_FUTURE = 9_223_372_036.0  # what Go reports for "forever": ~292 years ahead
 
@@ -42,15 +41,15 @@ async def version() -> Response:
 # ---- generate / chat -----------------------------------------------------------------------
 
 
-def _logprobs(delta: Delta) -> list[t.Logprob] | None:
-    if not delta.logprobs:
+def _logprobs(logprobs: list | None) -> list[t.Logprob] | None:
+    if not logprobs:
         return None
     return [
         t.Logprob(
             token=lp.token, logprob=lp.logprob, bytes=lp.bytes,
             top_logprobs=[t.TopLogprob(token=x.token, logprob=x.logprob, bytes=x.bytes) for x in top] or None,
         )
-        for lp, top in delta.logprobs
+        for lp, top in logprobs
     ]
 
 
@@ -74,36 +73,6 @@ def _stats(final: Final) -> dict[str, Any]:
         eval_count=final.eval_count,
         eval_duration=final.eval_duration,
     )
-
-
-async def _first(it: AsyncIterator[Any]) -> Any:
-    """Pull the first item so that errors before any output get a proper status code."""
-    try:
-        return await it.__anext__()
-    except StopAsyncIteration:
-        raise APIError(500, "no response from model") from None
-    except Exception as exc:
-        raise_for(exc)
-
-
-async def _until_disconnect(request: Request, work: asyncio.Future) -> Any:
-    """Await `work`, cancelling it if the client goes away first (non-streaming requests)."""
-
-    async def disconnected() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                return
-
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if work in done:
-            return work.result()
-        work.cancel()
-        raise APIError(499, "client disconnected")
-    finally:
-        watcher.cancel()
 
 
 def _load_response(model: str, final: Final, chat: bool) -> Response:
@@ -148,29 +117,17 @@ async def generate(request: Request) -> Response | Stream:
                                       context=item.context, **_stats(item))
         return t.GenerateResponse(model=req.model, created_at=now(), response=item.content, done=False,
                                   thinking=item.thinking or None, tool_calls=_tool_calls(item.tool_calls),
-                                  logprobs=_logprobs(item))
+                                  logprobs=_logprobs(item.logprobs))
 
     it = inference.generate(params)
-    first = await _first(it)
+    first = await first_item(it, raise_for)
     if req.stream is not False:
         return ndjson(wire(first), _mapped(it, wire), lambda exc: t.ErrorResponse(error=str(exc)))
-
-    async def collect() -> t.GenerateResponse:
-        text, thinking, calls, lps = [], [], [], []
-        item = first
-        while True:
-            if isinstance(item, Final):
-                out = wire(item)
-                out.response, out.thinking = "".join(text), "".join(thinking) or None
-                out.tool_calls, out.logprobs = _tool_calls(calls), lps or None
-                return out
-            text.append(item.content)
-            thinking.append(item.thinking)
-            calls.extend(item.tool_calls or [])
-            lps.extend(_logprobs(item) or [])
-            item = await it.__anext__()
-
-    return await _aggregate(request, collect(), it)
+    answer = await until_complete(request, collect(it, first), it, raise_for)
+    out = wire(answer.final)
+    out.response, out.thinking = answer.content, answer.thinking or None
+    out.tool_calls, out.logprobs = _tool_calls(answer.tool_calls), _logprobs(answer.logprobs)
+    return json_response(out)
 
 
 @post("/api/chat", status_code=200)
@@ -203,46 +160,21 @@ async def chat(request: Request) -> Response | Stream:
             return t.ChatResponse(model=req.model, created_at=now(), message=t.ResponseMessage(role="assistant", content=""),
                                   done=True, **_stats(item))
         return t.ChatResponse(
-            model=req.model, created_at=now(), done=False, logprobs=_logprobs(item),
+            model=req.model, created_at=now(), done=False, logprobs=_logprobs(item.logprobs),
             message=t.ResponseMessage(role="assistant", content=item.content, thinking=item.thinking or None,
                               tool_calls=_tool_calls(item.tool_calls)),
         )
 
     it = inference.chat(params)
-    first = await _first(it)
+    first = await first_item(it, raise_for)
     if req.stream is not False:
         return ndjson(wire(first), _mapped(it, wire), lambda exc: t.ErrorResponse(error=str(exc)))
-
-    async def collect() -> t.ChatResponse:
-        text, thinking, calls, lps = [], [], [], []
-        item = first
-        while True:
-            if isinstance(item, Final):
-                out = wire(item)
-                out.message = t.ResponseMessage(role="assistant", content="".join(text), thinking="".join(thinking) or None,
-                                        tool_calls=_tool_calls(calls))
-                out.logprobs = lps or None
-                return out
-            text.append(item.content)
-            thinking.append(item.thinking)
-            calls.extend(item.tool_calls or [])
-            lps.extend(_logprobs(item) or [])
-            item = await it.__anext__()
-
-    return await _aggregate(request, collect(), it)
-
-
-async def _aggregate(request: Request, collect: Any, it: AsyncIterator[Any]) -> Response:
-    task = asyncio.ensure_future(collect)
-    try:
-        result = await _until_disconnect(request, task)
-    except APIError:
-        raise
-    except Exception as exc:
-        raise_for(exc)
-    finally:
-        await it.aclose()
-    return json_response(result)
+    answer = await until_complete(request, collect(it, first), it, raise_for)
+    out = wire(answer.final)
+    out.message = t.ResponseMessage(role="assistant", content=answer.content, thinking=answer.thinking or None,
+                                    tool_calls=_tool_calls(answer.tool_calls))
+    out.logprobs = _logprobs(answer.logprobs)
+    return json_response(out)
 
 
 async def _mapped(it: AsyncIterator[Any], wire: Any) -> AsyncIterator[Any]:

@@ -33,8 +33,7 @@ from ..engine.embedder import normalize
 from ..inference import ChatParams, Delta, Final, GenerateParams, Inference
 from . import openai_types as o
 from .errors import raise_for, status_for
-from .ollama import _first, _until_disconnect
-from .wire import APIError, decode, encode, json_response
+from .wire import APIError, decode, encode, first_item, json_response, until_complete
 
 FINGERPRINT = "fp_ollama"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -214,8 +213,8 @@ def _finish_reason(final: Final, tool_calls: bool) -> str:
 
 
 def _usage(final: Final) -> o.Usage:
-    return o.Usage(prompt_tokens=final.prompt_eval_count, completion_tokens=final.eval_count,
-                   total_tokens=final.prompt_eval_count + final.eval_count)
+    return o.Usage(prompt_tokens=final.prompt_tokens, completion_tokens=final.eval_count,
+                   total_tokens=final.prompt_tokens + final.eval_count)
 
 
 def _token_logprobs(delta: Delta) -> list[o.TokenLogprob]:
@@ -224,23 +223,6 @@ def _token_logprobs(delta: Delta) -> list[o.TokenLogprob]:
                        top_logprobs=[o.TopLogprob(token=x.token, logprob=x.logprob, bytes=x.bytes) for x in top])
         for lp, top in delta.logprobs or []
     ]
-
-
-async def _aggregate(request: Request, work: Any, it: AsyncIterator[Any]) -> Response:
-    """Run a non-streaming collection, cancelled if the client goes away; always close the generation."""
-    task = asyncio.ensure_future(work)
-    try:
-        result = await _until_disconnect(request, task)
-    except APIError:
-        raise
-    except Exception as exc:
-        raise_for(exc)
-    finally:
-        if not task.done():
-            task.cancel()
-        await asyncio.wait({task})  # the generator must be idle before it can be closed
-        await it.aclose()
-    return json_response(result)
 
 
 def _sse(obj: Any) -> bytes:
@@ -373,7 +355,7 @@ async def chat_completions(request: Request) -> Response | Stream:
                                               _debug_info={"rendered_template": rendered}))
 
     it = inference.chat(params)
-    first = await _first(it)
+    first = await first_item(it, raise_for)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return _event_stream(_chat_stream(first, it, cid, created, req.model, include_usage))
@@ -395,7 +377,7 @@ async def chat_completions(request: Request) -> Response | Stream:
         return o.ChatCompletion(id=cid, object="chat.completion", created=created, model=req.model,
                                 system_fingerprint=FINGERPRINT, choices=[choice], usage=_usage(item))
 
-    return await _aggregate(request, collect(), it)
+    return json_response(await until_complete(request, collect(), it, raise_for))
 
 
 async def _chat_stream(first: Delta | Final, it: AsyncIterator[Delta | Final], cid: str, created: int, model: str,
@@ -510,7 +492,7 @@ async def completions(request: Request) -> Response | Stream:
         return json_response(completion("", None, _debug_info={"rendered_template": rendered}))
 
     it = inference.generate(params)
-    first = await _first(it)
+    first = await first_item(it, raise_for)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
@@ -551,7 +533,7 @@ async def completions(request: Request) -> Response | Stream:
         return completion("".join(text), _finish_reason(item, False), logprobs if params.logprobs else None,
                           usage=_usage(item))
 
-    return await _aggregate(request, collect(), it)
+    return json_response(await until_complete(request, collect(), it, raise_for))
 
 
 # ---- /v1/embeddings ----------------------------------------------------------------------
@@ -792,8 +774,8 @@ class _ResponseBuilder:
         req = self.req
         usage = None
         if final is not None:
-            usage = o.ResponsesUsage(input_tokens=final.prompt_eval_count, output_tokens=final.eval_count,
-                                     total_tokens=final.prompt_eval_count + final.eval_count)
+            usage = o.ResponsesUsage(input_tokens=final.prompt_tokens, output_tokens=final.eval_count,
+                                     total_tokens=final.prompt_tokens + final.eval_count)
         return o.ResponseObject(
             id=self.rid, created_at=self.created, model=req.model, status=status, output=list(output), usage=usage,
             error=error,
@@ -942,7 +924,7 @@ async def responses(request: Request) -> Response | Stream:
     params = _responses_params(req)
     builder = _ResponseBuilder(req, _item_id("resp"), int(time.time()))
     it = inference.chat(params)
-    first = await _first(it)
+    first = await first_item(it, raise_for)
 
     if req.stream:
         async def events() -> AsyncIterator[bytes]:
@@ -971,7 +953,7 @@ async def responses(request: Request) -> Response | Stream:
             item = await it.__anext__()
         return builder.finish(item)[0]
 
-    return await _aggregate(request, collect(), it)
+    return json_response(await until_complete(request, collect(), it, raise_for))
 
 
 ROUTES = [

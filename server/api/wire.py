@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -75,3 +76,45 @@ def ndjson(first: Any, rest: AsyncIterator[Any], on_error: Callable[[Exception],
 
 def encode(obj: Any) -> bytes:
     return _encoder.encode(obj)
+
+
+async def first_item(it: AsyncIterator[Any], on_error: Callable[[Exception], Any]) -> Any:
+    """Pull a generation's first item before answering, so early errors get a real status code."""
+    try:
+        return await it.__anext__()
+    except StopAsyncIteration:
+        raise APIError(500, "no response from model") from None
+    except APIError:
+        raise
+    except Exception as exc:
+        on_error(exc)
+        raise
+
+
+async def until_complete(request: Request, work: Awaitable[T], it: AsyncIterator[Any],
+                         on_error: Callable[[Exception], Any]) -> T:
+    """Await a non-streaming collection; cancel it if the client goes away; always close the generation."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            raise APIError(499, "client disconnected")
+        try:
+            return task.result()
+        except APIError:
+            raise
+        except Exception as exc:
+            on_error(exc)
+            raise
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.wait({task})  # the generator must be idle before it can be closed
+        await it.aclose()

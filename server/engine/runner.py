@@ -76,8 +76,10 @@ class Runner:
         n_threads: int = 0,
         flash_attention: bool = False,
         kv_cache_type: str = "f16",
+        prefix_cache: bool = True,
     ):
         self.model = model
+        self.prefix_cache = prefix_cache
         self.n_ctx = n_ctx
         self.n_parallel = n_parallel
         self.n_batch = max(n_batch, n_parallel)
@@ -218,7 +220,7 @@ class Runner:
     def _start(self, job: Job, free: list[_Seq], out: list[tuple[Job, Event]]) -> None:
         # the idle sequence sharing the longest prefix with this prompt; least recently used on ties
         best = max(free, key=lambda s: (len(os.path.commonprefix([s.cache, job.tokens])), -s.last_used))
-        keep = len(os.path.commonprefix([best.cache, job.tokens]))
+        keep = len(os.path.commonprefix([best.cache, job.tokens])) if self.prefix_cache else 0
         keep = min(keep, len(job.tokens) - 1)  # the last prompt token is always computed: it gives the logits
         if keep < len(best.cache):
             if not C.llama_memory_seq_rm(self.memory, best.id, keep, -1):
