@@ -417,7 +417,7 @@ def _run_stream(gen) -> list[bytes]:
 
 
 CALL = {"id": "call_abcd1234", "name": "get_weather", "arguments": {"city": "Tokyo"}, "index": 0}
-FINAL = Final(done_reason="stop", prompt_eval_count=7, eval_count=5)
+FINAL = Final(done_reason="stop", prompt_tokens=7, prompt_eval_count=3, eval_count=5)
 
 
 def test_chat_stream_tool_calls_and_reasoning_offline():

@@ -212,9 +212,9 @@ def context_params(
     params.no_perf = True
     # -1 auto, 0 off, 1 on; a quantized V cache needs flash attention
     quantized = kv_cache_type in ("q8_0", "q4_0")
-    # On the CPU, flash attention switches to a tiled kernel for long batches, so a prompt's last
-    # token would come out slightly different computed alone (after a prefix-cache hit): off there.
-    params.flash_attn_type = 1 if (flash_attention or quantized) else (-1 if supports_gpu() else 0)
+    # Flash attention (auto) also keeps a sequence's attention independent of how many cache cells
+    # its neighbours use, which the plain path does not on AVX-512 (vector tails change with n_kv).
+    params.flash_attn_type = 1 if (flash_attention or quantized) else -1
     params.type_k = KV_TYPES.get(kv_cache_type, C.GGML_TYPE_F16)
     params.type_v = KV_TYPES.get(kv_cache_type, C.GGML_TYPE_F16)
     if embeddings:

@@ -253,11 +253,14 @@ class Runner:
                 if len(seq.cache) >= self.n_ctx and not self._shift(seq, out):
                     continue
                 n = self._add(seq, seq.next_token, n, logits=True)
-        # then prompt chunks, as much as the batch holds
+        # then prompt chunks, as much as the batch holds. The last prompt token always goes alone in
+        # a later step: it is then computed the same way whether the rest came from the cache or not,
+        # so a repeated request gives the same text.
         for seq in self.seqs:
             if seq.job is None or seq.generating:
                 continue
-            while seq.fed < len(seq.prompt) and n < self.n_batch:
+            end = len(seq.prompt) - 1 if seq.fed < len(seq.prompt) - 1 else len(seq.prompt)
+            while seq.fed < end and n < self.n_batch:
                 token = seq.prompt[seq.fed]
                 seq.fed += 1
                 n = self._add(seq, token, n, logits=seq.fed == len(seq.prompt))
