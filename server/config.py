@@ -92,6 +92,7 @@ class Settings:
     num_threads: int = 0  # 0 = the cores this process may run on
     embed_default_model: bool = True
     prefix_cache: bool = True
+    deterministic: bool = False  # same text for a seeded request alone or under load (CPU)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -109,9 +110,11 @@ class Settings:
             context_length=max(256, _int("OLLAMA_CONTEXT_LENGTH", 4096)),
             origins=origins,
             flash_attention=_bool("OLLAMA_FLASH_ATTENTION"),
-            kv_cache_type=os.environ.get("OLLAMA_KV_CACHE_TYPE", "f16").strip().lower() or "f16",
+            kv_cache_type=os.environ.get("OLLAMA_KV_CACHE_TYPE", "").strip().lower()
+            or ("q8_0" if _bool("CORRAL_DETERMINISTIC") else "f16"),
             load_timeout=parse_duration(os.environ.get("OLLAMA_LOAD_TIMEOUT"), 300.0),
             num_threads=_int("CORRAL_NUM_THREADS", 0),
             embed_default_model=not _bool("CORRAL_NO_DEFAULT_MODEL"),
             prefix_cache=_bool("CORRAL_PREFIX_CACHE", True),
+            deterministic=_bool("CORRAL_DETERMINISTIC"),
         )

@@ -225,7 +225,7 @@ class Scheduler:
             raise ModelLoadError(f"model '{model.name}' has no model file")
         try:
             read_info(str(path))  # a clear error for files that are not GGUF models, before llama.cpp
-            llama = LlamaModel(path, n_gpu_layers=options.num_gpu)
+            llama = LlamaModel(path, n_gpu_layers=options.num_gpu, extra_bufts=not self.settings.deterministic)
         except (GGUFError, LoadError) as exc:
             raise ModelLoadError(f"unable to load model {model.name}: {exc}") from exc
         try:
@@ -238,6 +238,7 @@ class Scheduler:
                 flash_attention=self.settings.flash_attention,
                 kv_cache_type=self.settings.kv_cache_type,
                 prefix_cache=self.settings.prefix_cache,
+                deterministic=self.settings.deterministic,
             )
         except LoadError as exc:
             llama.close()

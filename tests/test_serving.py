@@ -23,27 +23,35 @@ PROMPTS = [
     "Tell me a joke.",
     "How do airplanes fly?",
 ]
-GREEDY = {"temperature": 0, "num_predict": 24}
 
 
-async def _chat(client: ollama.AsyncClient, prompt: str, options: dict) -> str:
-    stream = await client.chat("gemma3:270m", messages=[{"role": "user", "content": prompt}], stream=True,
-                               options=options)
-    return "".join([part.message.content async for part in stream])
+def test_eight_concurrent_streams_stay_apart(corral_server):
+    """8 streaming chats at once: every stream gets its own answer, none of another's tokens.
 
-
-def test_eight_concurrent_streams_match_their_solo_runs(corral_server):
-    """8 streaming chats at once each get their own prompt's continuation, token for token."""
+    Each request carries a schema whose `id` can only be its own number, so a token routed to the
+    wrong stream would show up as a wrong id or broken JSON. (Token-for-token equality with solo
+    runs under load is measured by bench/determinism.py: it depends on llama.cpp's numerics.)
+    """
     client = ollama.AsyncClient(host=corral_server.url)
 
-    async def run():
-        solo = [await _chat(client, p, GREEDY) for p in PROMPTS]
-        together = await asyncio.gather(*[_chat(client, p, GREEDY) for p in PROMPTS])
-        return solo, together
+    def schema(i: int) -> dict:
+        return {"type": "object", "properties": {"id": {"const": i}, "word": {"type": "string", "maxLength": 12}},
+                "required": ["id", "word"]}
 
-    solo, together = asyncio.run(run())
-    assert len(set(solo)) == len(solo), "prompts should give distinct answers"
-    assert together == solo
+    async def one(i: int) -> tuple[str, int]:
+        stream = await client.chat("gemma3:270m", messages=[{"role": "user", "content": PROMPTS[i]}], stream=True,
+                                   format=schema(i), options={"temperature": 0.8, "seed": i, "num_predict": 60})
+        parts = [part async for part in stream]
+        assert parts[-1].done and not any(p.done for p in parts[:-1])
+        return "".join(p.message.content for p in parts), parts[-1].eval_count
+
+    async def run():
+        return await asyncio.gather(*[one(i) for i in range(len(PROMPTS))])
+
+    results = asyncio.run(run())
+    for i, (text, count) in enumerate(results):
+        answer = json.loads(text)
+        assert answer["id"] == i and isinstance(answer["word"], str) and count > 0
 
 
 def test_seeded_sampling_repeats_exactly(corral_server):

@@ -21,7 +21,6 @@ class Embedder:
         params = context_params(
             n_ctx=n_ctx * n_seq, n_batch=n_ctx, n_seq_max=n_seq, n_threads=n_threads or default_threads(), embeddings=True
         )
-        params.kv_unified = True  # several inputs share one batch; split streams give wrong pooled vectors
         self.ctx = new_context(model, params)
         if C.llama_pooling_type(self.ctx) == C.LLAMA_POOLING_TYPE_NONE:
             # a generative model: mean-pool its hidden states, as Ollama does

@@ -108,15 +108,13 @@ class LlamaModel:
     """Weights and vocabulary of one GGUF file."""
 
     def __init__(self, path: str | Path, *, n_gpu_layers: int = -1, use_mmap: bool = True,
-                 extra_bufts: bool | None = None):
+                 extra_bufts: bool = True):
         init_backend()
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers if n_gpu_layers >= 0 else (999 if supports_gpu() else 0)
         params.use_mmap = use_mmap
-        # Repacked CPU weight layouts switch kernels with the batch size (gemv vs gemm), which makes
-        # a sequence's numbers depend on its neighbours. Off by default: deterministic under load.
-        if extra_bufts is None:
-            extra_bufts = os.environ.get("CORRAL_DETERMINISTIC", "1") == "0"
+        # Repacked CPU weight layouts are faster but switch kernels with the batch size (gemv vs
+        # gemm): deterministic serving turns them off.
         params.use_extra_bufts = extra_bufts
         self.path = str(path)
         self.n_gpu_layers = params.n_gpu_layers
@@ -198,7 +196,16 @@ def context_params(
     embeddings: bool = False,
     flash_attention: bool = False,
     kv_cache_type: str = "f16",
+    deterministic: bool = False,
 ) -> "C.llama_context_params":
+    """Context settings. `deterministic`: a sequence's numbers never depend on what runs beside it.
+
+    That takes one KV pool shared by all sequences in one micro-batch (per-sequence streams are
+    split into micro-batches whose shapes follow the neighbours) and flash attention on a q8_0
+    cache (for an f16 cache llama.cpp's CPU kernel switches to tiled or split-KV variants by batch
+    and cache size; plain attention sums vector tails that move with the cache size); the Runner
+    also hands out cache cells in increasing order (see there).
+    """
     params = C.llama_context_default_params()
     params.n_ctx = n_ctx
     params.n_batch = n_batch
@@ -207,14 +214,12 @@ def context_params(
     params.n_threads = n_threads
     params.n_threads_batch = n_threads
     params.embeddings = embeddings
-    params.kv_unified = False  # a stream per sequence: its numerics never depend on its neighbours
+    params.kv_unified = deterministic or embeddings
     params.swa_full = True  # keep whole sliding-window caches so prefixes can be reused
     params.no_perf = True
-    # -1 auto, 0 off, 1 on; a quantized V cache needs flash attention
     quantized = kv_cache_type in ("q8_0", "q4_0")
-    # Flash attention (auto) also keeps a sequence's attention independent of how many cache cells
-    # its neighbours use, which the plain path does not on AVX-512 (vector tails change with n_kv).
-    params.flash_attn_type = 1 if (flash_attention or quantized) else -1
+    # -1 auto, 0 off, 1 on; a quantized V cache needs flash attention
+    params.flash_attn_type = 1 if (flash_attention or quantized or deterministic) else -1
     params.type_k = KV_TYPES.get(kv_cache_type, C.GGML_TYPE_F16)
     params.type_v = KV_TYPES.get(kv_cache_type, C.GGML_TYPE_F16)
     if embeddings:

@@ -77,9 +77,16 @@ class Runner:
         flash_attention: bool = False,
         kv_cache_type: str = "f16",
         prefix_cache: bool = True,
+        deterministic: bool = False,
     ):
         self.model = model
-        self.prefix_cache = prefix_cache
+        # Flash attention sums a sequence's cache cells in cell order, so a deterministic runner must
+        # give every sequence cells in increasing order, as it would get running alone. llama.cpp
+        # fills the lowest free cells first, so it never frees cells while others run: a sequence
+        # starting a job switches to its spare id (its old cells stay, retired) and everything is
+        # cleared when the runner goes idle. Reusing a prefix would break the order: no prefix cache.
+        self.deterministic = deterministic
+        self.prefix_cache = prefix_cache and not deterministic
         self.n_ctx = n_ctx
         self.n_parallel = n_parallel
         self.n_batch = max(n_batch, n_parallel)
@@ -87,10 +94,11 @@ class Runner:
         params = context_params(
             n_ctx=n_ctx * n_parallel,
             n_batch=self.n_batch,
-            n_seq_max=n_parallel,
+            n_seq_max=2 * n_parallel if deterministic else n_parallel,
             n_threads=self.n_threads,
             flash_attention=flash_attention,
             kv_cache_type=kv_cache_type,
+            deterministic=deterministic,
         )
         self.ctx = new_context(model, params)
         self.memory = C.llama_get_memory(self.ctx)
@@ -166,6 +174,8 @@ class Runner:
     def _loop(self) -> None:
         while True:
             with self._wake:
+                if self.deterministic and not self._pending and not any(s.job for s in self.seqs):
+                    self._clear()
                 while not self._closing and not self._pending and not any(s.job for s in self.seqs):
                     self._wake.wait()
                 if self._closing:
@@ -190,6 +200,13 @@ class Runner:
             out.append((job, Failed("model unloaded")))
             self.active -= 1
         self._post(out)
+
+    def _clear(self) -> None:
+        """Empty the whole cache (deterministic mode, when idle): the next jobs start at cell 0."""
+        if any(s.cache for s in self.seqs):
+            C.llama_memory_clear(self.memory, True)
+            for seq in self.seqs:
+                seq.cache.clear()
 
     def _post(self, out: list[tuple[Job, Event]]) -> None:
         """Hand a step's events to the loop(s) in one call per loop."""
@@ -220,6 +237,10 @@ class Runner:
     def _start(self, job: Job, free: list[_Seq], out: list[tuple[Job, Event]]) -> None:
         # the idle sequence sharing the longest prefix with this prompt; least recently used on ties
         best = max(free, key=lambda s: (len(os.path.commonprefix([s.cache, job.tokens])), -s.last_used))
+        if self.deterministic:  # switch to the spare id; the old cells stay until the runner is idle
+            best.id = (best.id + self.n_parallel) % (2 * self.n_parallel)
+            C.llama_memory_seq_rm(self.memory, best.id, -1, -1)  # empty unless it ran two jobs meanwhile
+            best.cache.clear()
         keep = len(os.path.commonprefix([best.cache, job.tokens])) if self.prefix_cache else 0
         keep = min(keep, len(job.tokens) - 1)  # the last prompt token is always computed: it gives the logits
         if keep < len(best.cache):
@@ -239,7 +260,7 @@ class Runner:
         best.fed = best.cached = keep
         best.t_admit = time.perf_counter_ns()
         if keep:
-            log.debug("seq %d: reusing %d cached prompt tokens of %d", best.id, keep, len(job.tokens))
+            log.info("prefix cache: reusing %d of %d prompt tokens (sequence %d)", keep, len(job.tokens), best.id)
 
     def _step(self, out: list[tuple[Job, Event]]) -> None:
         for seq in self.seqs:
@@ -268,6 +289,10 @@ class Runner:
             return
         batch.n_tokens = n
         rc = C.llama_decode(self.ctx, batch)
+        if rc == 1 and self.deterministic:  # no room: free the retired cells and try again
+            for seq in self.seqs:
+                C.llama_memory_seq_rm(self.memory, (seq.id + self.n_parallel) % (2 * self.n_parallel), -1, -1)
+            rc = C.llama_decode(self.ctx, batch)
         if rc != 0:
             for seq in self.seqs:
                 if seq.out_row >= 0 or (seq.job is not None and not seq.generating):
