@@ -19,33 +19,50 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
+from pathlib import Path
 
 from .common import CorralProcess, model_store
 from .throughput import corral_load
 
-# first match wins, looked up from the innermost frame outwards
-DECODE_THREAD = [
-    ("llama_decode", ("llama_decode",)),
-    ("sampling", ("sample (server/engine/sampling.py", "llama_sampler_sample", "_pick (", "_allowed (")),
-    ("detokenise + stops", ("piece (", "_apply_stops", "decode (codecs", "getincrementaldecoder")),
-    ("hand-off", ("_post (", "call_soon_threadsafe")),
-    ("batch building + bookkeeping", ("_step (", "_add (", "_admit (", "_start (", "_sampled (", "_finish (")),
-]
-LOOP_THREAD = [
-    ("deliver to requests", ("_deliver (",)),
-    ("service (inference.py, reply.py)", ("inference.py", "reply.py", "toolcalls.py")),
-    ("HTTP + JSON (uvicorn, litestar, msgspec)", ("uvicorn", "litestar", "msgspec", "httptools", "wire.py",
-                                                  "ollama.py")),
-]
+RUNNER = Path(__file__).resolve().parent.parent / "server" / "engine" / "runner.py"
 
 
-def classify(stack: str, rules: list[tuple[str, tuple[str, ...]]]) -> str:
-    frames = stack.split(";")
+def _decode_lines() -> set[int]:
+    """Lines of runner.py that call llama_decode (ctypes calls have no Python frame of their own)."""
+    return {i for i, line in enumerate(RUNNER.read_text().splitlines(), 1) if "C.llama_decode(" in line}
+
+
+def classify_decode(frames: list[str], decode_lines: set[int]) -> str:
+    if any("wait (threading.py" in f for f in frames):
+        return "idle (waiting for work)"
+    inner = frames[-1]
+    if "runner.py" in inner and inner.endswith(")") and any(f":{n})" in inner for n in decode_lines):
+        return "llama_decode"
     for frame in reversed(frames):
-        for name, needles in rules:
-            if any(n in frame for n in needles):
-                return name
+        if "sampling.py" in frame:
+            return "sampling"
+        if "_apply_stops" in frame or "piece (" in frame or "codecs" in frame:
+            return "detokenise + stop strings"
+        if "_post (" in frame or "call_soon_threadsafe" in frame:
+            return "hand-off to the event loop"
+        if "_logprobs" in frame:
+            return "logprobs"
+    return "batch building + bookkeeping"
+
+
+def classify_loop(frames: list[str]) -> str:
+    inner = frames[-1]
+    if "select (" in inner or "run_forever" in inner or "_run_once" in inner and len(frames) < 4:
+        return "idle (waiting for I/O)"
+    for frame in reversed(frames):
+        if "_deliver (" in frame:
+            return "deliver to requests"
+        if any(x in frame for x in ("inference.py", "reply.py", "toolcalls.py")):
+            return "service (inference.py, reply.py)"
+        if any(x in frame for x in ("msgspec", "wire.py", "api/ollama.py")):
+            return "wire encoding (msgspec, NDJSON)"
+        if any(x in frame for x in ("uvicorn", "litestar", "httptools", "h11")):
+            return "HTTP (uvicorn, litestar)"
     return "other"
 
 
@@ -54,33 +71,33 @@ def main() -> None:
     ap.add_argument("--model", default="gemma3:270m")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--seconds", type=int, default=8, help="how long to sample (inside the load)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     root = model_store(args.model)
+    decode_lines = _decode_lines()
     raw = tempfile.NamedTemporaryFile(suffix=".txt", delete=False).name
     with CorralProcess(root, {"OLLAMA_NUM_PARALLEL": str(args.clients)}) as server:
         asyncio.run(corral_load(server.url, args.model, 1, 4))  # load the model first
         spy = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "--pid",
                                 str(server.proc.pid), "--format", "raw", "--output", raw, "--threads",
-                                "--rate", "200", "--nonblocking", "--native"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1.0)
+                                "--rate", "250", "--duration", str(args.seconds), "--nonblocking"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         agg, _ = asyncio.run(corral_load(server.url, args.model, args.clients, args.tokens))
-        spy.send_signal(2)
-        spy.wait(30)
+        _, err = spy.communicate(timeout=120)
+        if spy.returncode != 0:
+            raise SystemExit(f"py-spy failed: {err.decode(errors='replace')}")
     by_thread: dict[str, collections.Counter] = {"decode": collections.Counter(), "loop": collections.Counter()}
     with open(raw) as f:
         for line in f:
             stack, _, count = line.rstrip("\n").rpartition(" ")
             if not stack:
                 continue
-            n = int(count)
-            if "corral-decode" in stack or "_loop (server/engine/runner.py" in stack:
-                idle = "wait (threading.py" in stack
-                by_thread["decode"]["idle (waiting for work)" if idle else classify(stack, DECODE_THREAD)] += n
-            elif "run_forever" in stack or "uvloop" in stack or "asyncio" in stack or "uvicorn" in stack:
-                idle = "select" in stack.split(";")[-1] or "epoll" in stack.split(";")[-1]
-                by_thread["loop"]["idle (waiting for I/O)" if idle else classify(stack, LOOP_THREAD)] += n
+            frames = stack.split(";")
+            if any("_loop (" in fr and "runner.py" in fr for fr in frames):
+                by_thread["decode"][classify_decode(frames, decode_lines)] += int(count)
+            elif any("uvicorn" in fr or "asyncio" in fr for fr in frames):
+                by_thread["loop"][classify_loop(frames)] += int(count)
     out = {"clients": args.clients, "tokens": args.tokens, "agg_tok_s": round(agg, 1), "threads": {}}
     for thread, counter in by_thread.items():
         total = sum(counter.values()) or 1

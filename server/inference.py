@@ -313,7 +313,9 @@ class Inference:
         if tools and choice != "auto":  # required or a named function: force a call with a grammar
             style = tool_format if tool_format in TOOL_CALL_STYLES else "json"
             try:
-                grammar = tool_call_grammar(tools, name=None if choice == "required" else choice, style=style)
+                # "required": one call or several; a named function: exactly one call of it
+                named = choice != "required"
+                grammar = tool_call_grammar(tools, name=choice if named else None, style=style, parallel=not named)
             except SchemaError as exc:
                 raise BadRequest(str(exc)) from exc
         start = time.perf_counter_ns()

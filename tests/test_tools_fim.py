@@ -236,3 +236,104 @@ def test_reply_parser_tool_calls_and_false_starts():
     broken = '<tool_call>{"name": "get_weather", "arguments": {oops}</tool_call> tail'
     parts = [p.feed(broken), p.finish()]
     assert "".join(x.content for x in parts) == broken and not any(x.tool_calls for x in parts)
+
+
+# ---- every tool-call format, forced through its own grammar style --------------------------------
+
+LLAMA3_TOOLS = """{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>
+
+{% if tools and loop.last %}Tools: {{ tools | tojson }}. Call one as <|python_tag|>{"name": ..., "parameters": ...}
+{% endif %}{{ m.content }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>
+
+{% endif %}"""
+MISTRAL_TOOLS = """{% if tools %}[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif %}\
+{% for m in messages %}{% if m.role == 'user' %}[INST]{{ m.content }}[/INST]{% elif m.tool_calls %}[TOOL_CALLS]{{ m.tool_calls | tojson }}</s>{% else %}{{ m.content }}</s>{% endif %}{% endfor %}"""
+
+
+@pytest.fixture(scope="module")
+def formats_server(tmp_path_factory):
+    d = tmp_path_factory.mktemp("formats")
+    store = Store(d / "models")
+    register_gguf(store, "llama3-tools", write_random_llama(d / "l3.gguf", chat_template=LLAMA3_TOOLS, seed=4))
+    register_gguf(store, "mistral-tools", write_random_llama(d / "mi.gguf", chat_template=MISTRAL_TOOLS, seed=5,
+                                                             extra_tokens=("[TOOL_CALLS]", "[INST]", "[/INST]")))
+    s = start_server(d / "models", log_dir=d)
+    yield s
+    s.stop()
+
+
+@pytest.mark.parametrize("model", ["llama3-tools", "mistral-tools"])
+def test_forced_calls_in_each_format(formats_server, model):
+    rendered = chat(formats_server, model=model, messages=[{"role": "user", "content": "?"}], tools=[WEATHER],
+                    _debug_render_only=True).json()["_debug_info"]["rendered_template"]
+    assert "get_weather" in rendered
+    r = chat(formats_server, model=model, messages=[{"role": "user", "content": "?"}], tools=[WEATHER, TIME],
+             tool_choice={"type": "function", "function": {"name": "get_weather"}},
+             options={"temperature": 1.0, "seed": 11, "num_predict": 200})
+    calls = r.json()["message"].get("tool_calls")
+    assert calls and r.json()["message"]["content"] == "", r.json()
+    for call in calls:
+        assert call["function"]["name"] == "get_weather"
+        jsonschema.validate(call["function"]["arguments"], WEATHER["function"]["parameters"])
+
+
+# ---- the clients agent frameworks and editors use ------------------------------------------------
+
+def test_openai_package_tool_choice(server):
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    messages = [{"role": "user", "content": "What's the weather in Oslo?"}]
+    forced = client.chat.completions.create(model="tooly", messages=messages, tools=[WEATHER, TIME],
+                                            tool_choice="required", seed=2, max_tokens=200)
+    choice = forced.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    for call in choice.message.tool_calls:
+        assert call.id.startswith("call_") and call.type == "function"
+        json.loads(call.function.arguments)
+    named = client.chat.completions.create(model="tooly", messages=messages, tools=[WEATHER, TIME], seed=3,
+                                           tool_choice={"type": "function", "function": {"name": "get_time"}},
+                                           max_tokens=200)
+    assert {c.function.name for c in named.choices[0].message.tool_calls} == {"get_time"}
+    auto = client.chat.completions.create(model="tooly", messages=messages, tools=[WEATHER], seed=4, max_tokens=20)
+    assert auto.choices[0].message.content or auto.choices[0].message.tool_calls  # nothing dropped
+    stream = client.chat.completions.create(model="tooly", messages=messages, tools=[WEATHER], tool_choice="required",
+                                            seed=2, max_tokens=200, stream=True)
+    chunks = list(stream)
+    streamed_calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert streamed_calls and all(json.loads(tc.function.arguments) is not None for tc in streamed_calls)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="tooly", messages=messages, tools=[WEATHER],
+                                       tool_choice={"type": "function", "function": {"name": "nope"}})
+
+
+def test_langchain_chat_ollama_tools_and_structured_output(server):
+    from langchain_ollama import ChatOllama
+    from pydantic import BaseModel, Field
+
+    class Person(BaseModel):
+        name: str = Field(max_length=12)
+        age: int
+
+    # ChatOllama sends tools but no tool_choice (Ollama has none): a random model answers freely,
+    # and whatever it says comes back; the tools demonstrably reached the prompt
+    llm = ChatOllama(model="tooly", base_url=server.url, temperature=1.0, seed=5, num_predict=8)
+    plain = llm.invoke("What's the weather in Oslo?")
+    message = llm.bind_tools([WEATHER]).invoke("What's the weather in Oslo?")
+    assert message.content or message.tool_calls
+    assert message.usage_metadata["input_tokens"] > plain.usage_metadata["input_tokens"] + 20
+    structured = ChatOllama(model="plain", base_url=server.url, temperature=1.0, seed=6, num_predict=200)
+    person = structured.with_structured_output(Person, method="json_schema").invoke("Describe someone.")
+    assert isinstance(person, Person) and len(person.name) <= 12
+
+
+def test_ollama_logprobs(server):
+    r = httpx.post(server.url + "/api/generate", json={"model": "plain", "prompt": "x", "stream": False, "logprobs": True,
+                                                      "top_logprobs": 3, "options": {"num_predict": 4}}, timeout=60)
+    lps = r.json()["logprobs"]
+    assert len(lps) == 4 and all(lp["logprob"] <= 0 and len(lp["top_logprobs"]) == 3 for lp in lps)
+    assert all(lp["top_logprobs"][0]["logprob"] >= lp["logprob"] for lp in lps)
+    bad = httpx.post(server.url + "/api/generate", json={"model": "plain", "prompt": "x", "logprobs": True,
+                                                        "top_logprobs": 21}, timeout=60)
+    assert bad.status_code == 400
