@@ -106,23 +106,28 @@ def test_disconnect_frees_the_sequence(single_slot_server):
     assert r.status_code == 200 and r.json()["done"] is True
 
 
+def _queued(server) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               if family.name == "corral_requests_queued" for sample in family.samples)
+
+
 def test_queue_overflow_gives_503(single_slot_server):
     started, stop = threading.Event(), threading.Event()
     t = threading.Thread(target=_endless, args=(single_slot_server, started, stop))
     t.start()
     assert started.wait(30)
     waiting = threading.Thread(target=lambda: httpx.post(single_slot_server.url + "/api/generate", json={
-        "model": "tiny", "prompt": "y", "stream": False, "options": {"num_predict": 2}}, timeout=60))
+        "model": "tiny", "prompt": "y", "stream": False, "options": {"num_predict": 2, "num_ctx": 256}}, timeout=60))
     waiting.start()
-    deadline = time.time() + 10
-    status = None
-    while time.time() < deadline:  # wait until the second request is queued
-        r = httpx.post(single_slot_server.url + "/api/generate", json={
-            "model": "tiny", "prompt": "z", "stream": False, "options": {"num_predict": 2}}, timeout=60)
-        status = r.status_code
-        if status == 503:
-            break
-        time.sleep(0.2)
+    deadline = time.time() + 30
+    while time.time() < deadline and _queued(single_slot_server) < 1:  # until "y" waits for the sequence
+        time.sleep(0.05)
+    r = httpx.post(single_slot_server.url + "/api/generate", json={
+        "model": "tiny", "prompt": "z", "stream": False, "options": {"num_predict": 2, "num_ctx": 256}}, timeout=30)
+    status = r.status_code
     try:
         assert status == 503
         assert r.json() == {"error": "server busy, please try again.  maximum pending requests exceeded"}
