@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from .config import FOREVER, Settings
 from .engine.embedder import Embedder
-from .engine.llama import LlamaModel, LoadError, supports_gpu
+from .engine.llama import LlamaModel, LoadError, devices, supports_gpu
+from .engine.memory import InsufficientMemory, Plan, estimate, plan, system_memory
 from .engine.runner import Runner
 from .store.gguf import GGUFError, read_info
 from .store.model import Model
@@ -53,6 +54,7 @@ class Loaded:
     expires_at: float = FOREVER  # wall-clock seconds; FOREVER while in use or kept forever
     last_used: float = field(default_factory=time.monotonic)
     users: int = 0
+    plan: Plan = field(default_factory=lambda: Plan(0, 0, 0))
     embedder: Embedder | None = None
     timer: asyncio.TimerHandle | None = None
     busy_since: float = 0.0  # monotonic time the first of the current users arrived
@@ -64,26 +66,12 @@ class Loaded:
 
     @property
     def size(self) -> int:
-        """Weights plus KV cache, in bytes."""
-        return self.llama.size + self.kv_bytes
-
-    @property
-    def kv_bytes(self) -> int:
-        info = self.model.gguf
-        n_layer = self.llama.n_layer
-        n_head_kv = int(info.arch_value("attention.head_count_kv", 0) or 0) or 1
-        n_head = int(info.arch_value("attention.head_count", 0) or 0) or 1
-        key_len = int(info.arch_value("attention.key_length", 0) or 0) or self.llama.n_embd // n_head
-        val_len = int(info.arch_value("attention.value_length", 0) or 0) or key_len
-        cells = self.runner.n_ctx * self.runner.n_parallel
-        return n_layer * cells * n_head_kv * (key_len + val_len) * 2  # f16 K and V
+        """Weights, KV cache and compute buffers, in bytes (the planner's estimate)."""
+        return self.plan.gpu_bytes + self.plan.cpu_bytes
 
     @property
     def size_vram(self) -> int:
-        if not supports_gpu() or self.llama.n_gpu_layers == 0:
-            return 0
-        share = min(1.0, self.llama.n_gpu_layers / max(1, self.llama.n_layer + 1))
-        return int(self.size * share)
+        return self.plan.gpu_bytes
 
     def embedder_for(self, n_threads: int) -> Embedder:
         if self.embedder is None:
@@ -105,6 +93,8 @@ class Scheduler:
         self.loaded: dict[str, Loaded] = {}  # by model digest
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiting = 0
+        self.ram_budget = system_memory()
+        self.gpu_budget = sum(d.free for d in devices() if d.kind in ("GPU", "iGPU")) if supports_gpu() else 0
         self.totals: dict[str, dict[str, int]] = {}  # runner stats of unloaded models, by name (metrics)
 
     # ---- requests ----------------------------------------------------------------------
@@ -199,11 +189,37 @@ class Scheduler:
                 await self._wait_idle(current)
                 await self._evict(current)
             await self._make_room()
+            placement = await self._place(model, options)
             loaded = await asyncio.wait_for(
-                asyncio.to_thread(self._load, model, options), timeout=self.settings.load_timeout
+                asyncio.to_thread(self._load, model, options, placement), timeout=self.settings.load_timeout
             )
             self.loaded[model.digest] = loaded
             return loaded
+
+    async def _place(self, model: Model, options: RunnerOptions) -> Plan:
+        """Plan where the model goes; unload idle models (least recently used first) until it fits."""
+        path = model.model_path
+        if path is None or not path.is_file():
+            raise ModelLoadError(f"model '{model.name}' has no model file")
+        try:
+            est = estimate(model.gguf, path.stat().st_size, cells=options.num_ctx * self.settings.num_parallel,
+                           kv_type=self.settings.kv_cache_type, n_batch=options.num_batch,
+                           n_seq=self.settings.num_parallel)
+        except (GGUFError, ValueError) as exc:
+            raise ModelLoadError(f"unable to load model {model.name}: {exc}") from exc
+        while True:
+            gpu_used = sum(l.plan.gpu_bytes for l in self.loaded.values())
+            cpu_used = sum(l.plan.cpu_bytes for l in self.loaded.values())
+            try:
+                return plan(est, gpu_free=max(0, self.gpu_budget - gpu_used),
+                            ram_free=max(0, self.ram_budget - cpu_used), num_gpu=options.num_gpu)
+            except InsufficientMemory as exc:
+                idle = [l for l in self.loaded.values() if l.users == 0]
+                if not idle:
+                    raise ModelLoadError(str(exc)) from exc
+                victim = min(idle, key=lambda l: l.last_used)
+                log.info("unloading %s to make room for %s", victim.name, model.name)
+                await self._evict(victim)
 
     async def _wait_idle(self, loaded: Loaded) -> None:
         while loaded.users > 0:
@@ -219,13 +235,11 @@ class Scheduler:
             else:
                 await asyncio.sleep(0.05)
 
-    def _load(self, model: Model, options: RunnerOptions) -> Loaded:
+    def _load(self, model: Model, options: RunnerOptions, placement: Plan) -> Loaded:
         path = model.model_path
-        if path is None or not path.is_file():
-            raise ModelLoadError(f"model '{model.name}' has no model file")
         try:
             read_info(str(path))  # a clear error for files that are not GGUF models, before llama.cpp
-            llama = LlamaModel(path, n_gpu_layers=options.num_gpu, extra_bufts=not self.settings.deterministic)
+            llama = LlamaModel(path, n_gpu_layers=placement.gpu_layers, extra_bufts=not self.settings.deterministic)
         except (GGUFError, LoadError) as exc:
             raise ModelLoadError(f"unable to load model {model.name}: {exc}") from exc
         try:
@@ -244,7 +258,9 @@ class Scheduler:
             llama.close()
             raise ModelLoadError(f"unable to load model {model.name}: {exc}") from exc
         log.info(
-            "loaded %s: num_ctx=%d parallel=%d gpu_layers=%d threads=%d",
-            model.name, options.num_ctx, self.settings.num_parallel, llama.n_gpu_layers, runner.n_threads,
+            "loaded %s: num_ctx=%d parallel=%d gpu_layers=%d (%.2f GiB on GPU, %.2f GiB in system memory) threads=%d",
+            model.name, options.num_ctx, self.settings.num_parallel, llama.n_gpu_layers,
+            placement.gpu_bytes / 2**30, placement.cpu_bytes / 2**30, runner.n_threads,
         )
-        return Loaded(model=model, options=options, llama=llama, runner=runner, keep_alive=self.settings.keep_alive)
+        return Loaded(model=model, options=options, llama=llama, runner=runner, keep_alive=self.settings.keep_alive,
+                      plan=placement)

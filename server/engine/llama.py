@@ -10,6 +10,7 @@ import ctypes
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp.llama_cpp as C
@@ -59,8 +60,17 @@ def _ggml(name: str, restype, *argtypes):
     return ctypes.CFUNCTYPE(restype, *argtypes)((name, C._lib))
 
 
-def describe_backends() -> list[str]:
-    """One line per ggml device: "CUDA0: NVIDIA H100 80GB HBM3 (GPU, free 78.6 GiB / total 79.1 GiB)"."""
+@dataclass(frozen=True)
+class Device:
+    name: str
+    description: str
+    kind: str  # CPU | GPU | iGPU | accelerator
+    free: int  # bytes
+    total: int
+
+
+def devices() -> list[Device]:
+    """The devices llama.cpp's backends see, with their memory (empty for builds without a registry)."""
     init_backend()
     try:
         count = _ggml("ggml_backend_dev_count", ctypes.c_size_t)
@@ -72,17 +82,20 @@ def describe_backends() -> list[str]:
         memory = _ggml("ggml_backend_dev_memory", None, ctypes.c_void_p, size_p, size_p)
     except AttributeError:  # a build without the backend registry
         return []
-    lines = []
+    out = []
     for i in range(count()):
         dev = get(i)
         free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
         memory(dev, ctypes.byref(free), ctypes.byref(total))
-        kind = _DEV_TYPES.get(dev_type(dev), "device")
-        lines.append(
-            f"{(name(dev) or b'?').decode()}: {(description(dev) or b'').decode(errors='replace')} "
-            f"({kind}, free {free.value / 2**30:.1f} GiB / total {total.value / 2**30:.1f} GiB)"
-        )
-    return lines
+        out.append(Device((name(dev) or b"?").decode(), (description(dev) or b"").decode(errors="replace"),
+                          _DEV_TYPES.get(dev_type(dev), "device"), free.value, total.value))
+    return out
+
+
+def describe_backends() -> list[str]:
+    """One line per ggml device: "CUDA0: NVIDIA H100 80GB HBM3 (GPU, free 78.6 GiB / total 79.1 GiB)"."""
+    return [f"{d.name}: {d.description} ({d.kind}, free {d.free / 2**30:.1f} GiB / total {d.total / 2**30:.1f} GiB)"
+            for d in devices()]
 
 
 def log_backends() -> None:
