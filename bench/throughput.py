@@ -7,7 +7,9 @@ For each concurrency N, in one run on one model:
   per-token work beyond the loop): the ceiling.
 - corral: a `corral serve` process and N concurrent streaming /api/generate clients
   (`--tokens` tokens each, temperature 0.8); aggregate tok/s over wall time, TTFT p50.
-Prints one line per level and the ratio corral / raw; --json prints one JSON object.
+- with `--llama-server PATH`: the same load against llama-server (a binary built from the same
+  llama.cpp sources, `-np N`) on its /completion endpoint, the anchor to beat.
+Prints one line per level and the ratios; --json prints one JSON object.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import ctypes
 import json
 import statistics
+import subprocess
 import time
 
 import httpx
@@ -24,7 +27,7 @@ import llama_cpp.llama_cpp as C
 
 from server.engine.llama import LlamaModel, context_params, default_threads, new_context
 
-from .common import PROMPTS, CorralProcess, gguf_path, model_store
+from .common import PROMPTS, CorralProcess, free_port, gguf_path, model_store
 
 
 def raw_decode(path: str, n_seq: int, n_tokens: int, extra_bufts: bool) -> float:
@@ -64,33 +67,74 @@ def raw_decode(path: str, n_seq: int, n_tokens: int, extra_bufts: bool) -> float
         model.close()
 
 
-async def _one(client: httpx.AsyncClient, url: str, model: str, i: int, n_tokens: int) -> tuple[float, int]:
-    body = {"model": model, "prompt": PROMPTS[i % len(PROMPTS)] + f" (variant {i})", "stream": True,
-            "options": {"num_predict": n_tokens, "temperature": 0.8, "seed": i, "ignore_eos": True}}
+async def _one(client: httpx.AsyncClient, url: str, model: str, i: int, n_tokens: int,
+               llama_server: bool = False) -> tuple[float, int]:
+    prompt = PROMPTS[i % len(PROMPTS)] + f" (variant {i})"
+    if llama_server:
+        path, text_key = "/completion", "content"
+        body = {"prompt": prompt, "n_predict": n_tokens, "temperature": 0.8, "seed": i, "ignore_eos": True,
+                "stream": True}
+    else:
+        path, text_key = "/api/generate", "response"
+        body = {"model": model, "prompt": prompt, "stream": True,
+                "options": {"num_predict": n_tokens, "temperature": 0.8, "seed": i, "ignore_eos": True}}
     start = time.perf_counter()
     ttft, count = None, 0
-    async with client.stream("POST", url + "/api/generate", json=body) as r:
+    async with client.stream("POST", url + path, json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
-            if not line:
+            line = line.removeprefix("data: ").strip()
+            if not line or line == "[DONE]":
                 continue
             chunk = json.loads(line)
-            if ttft is None and chunk.get("response"):
+            if ttft is None and chunk.get(text_key):
                 ttft = time.perf_counter() - start
-            if chunk.get("done"):
+            if llama_server:
+                count += 1 if chunk.get("content") and not chunk.get("stop") else 0
+                if chunk.get("stop"):
+                    count = chunk.get("tokens_predicted", count)
+            elif chunk.get("done"):
                 count = chunk.get("eval_count", 0)
     return (ttft or 0.0), count
 
 
-async def corral_load(url: str, model: str, n: int, n_tokens: int) -> tuple[float, float]:
+async def corral_load(url: str, model: str, n: int, n_tokens: int, llama_server: bool = False) -> tuple[float, float]:
     """(aggregate tok/s, TTFT p50 ms) for N concurrent streaming clients."""
     async with httpx.AsyncClient(timeout=600) as client:
-        await _one(client, url, model, 999, 4)  # warm: model loaded, caches touched
+        await _one(client, url, model, 999, 4, llama_server)  # warm: model loaded, caches touched
         start = time.perf_counter()
-        results = await asyncio.gather(*[_one(client, url, model, i, n_tokens) for i in range(n)])
+        results = await asyncio.gather(*[_one(client, url, model, i, n_tokens, llama_server) for i in range(n)])
         wall = time.perf_counter() - start
     tokens = sum(count for _, count in results)
     return tokens / wall, 1000 * statistics.median(t for t, _ in results)
+
+
+class LlamaServer:
+    """llama-server with N slots on the same model and thread count, for the anchor figure."""
+
+    def __init__(self, binary: str, model_path: str, n_parallel: int):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [binary, "-m", model_path, "-np", str(n_parallel), "-c", str(4096 * n_parallel), "--port",
+               str(self.port), "-t", str(default_threads()), "--no-webui"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.proc.kill()
+        raise RuntimeError("llama-server did not start")
+
+    def __enter__(self) -> "LlamaServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
 
 
 def main() -> None:
@@ -99,6 +143,7 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,4")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--asgi", default="uvicorn", choices=["uvicorn", "granian"])
+    ap.add_argument("--llama-server", default="", help="path to a llama-server binary: also measure it")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
@@ -112,10 +157,18 @@ def main() -> None:
             agg, ttft = asyncio.run(corral_load(server.url, args.model, n, args.tokens))
             level = {"concurrency": n, "raw_tok_s": round(raw, 1), "raw_no_repack_tok_s": round(raw_plain, 1),
                      "corral_tok_s": round(agg, 1), "ttft_p50_ms": round(ttft, 1), "ratio": round(agg / raw, 3)}
+            line = (f"N={n:<3} raw {raw:7.1f} tok/s (no repack {raw_plain:7.1f})  corral {agg:7.1f} tok/s  "
+                    f"TTFT p50 {ttft:6.1f} ms  ratio {agg / raw:.3f}")
+            if args.llama_server:
+                with LlamaServer(args.llama_server, path, n) as anchor:
+                    l_agg, l_ttft = asyncio.run(corral_load(anchor.url, args.model, n, args.tokens, llama_server=True))
+                level.update(llama_server_tok_s=round(l_agg, 1), llama_server_ttft_p50_ms=round(l_ttft, 1),
+                             llama_server_ratio=round(l_agg / raw, 3), corral_vs_llama_server=round(agg / l_agg, 3))
+                line += (f"  | llama-server {l_agg:7.1f} tok/s  TTFT p50 {l_ttft:6.1f} ms  ratio {l_agg / raw:.3f}"
+                         f"  corral/llama-server {agg / l_agg:.3f}")
             out["levels"].append(level)
             if not args.json:
-                print(f"N={n:<3} raw {raw:7.1f} tok/s (no repack {raw_plain:7.1f})  corral {agg:7.1f} tok/s  "
-                      f"TTFT p50 {ttft:6.1f} ms  ratio {agg / raw:.3f}", flush=True)
+                print(line, flush=True)
     if args.json:
         print(json.dumps(out))
 

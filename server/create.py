@@ -34,8 +34,7 @@ from . import modelfile as mfile
 from .api import types as t
 from .inference import BadRequest
 from .store import manifest as mf
-from .store.gguf import ARRAY, FILE_TYPES, GGUFError, GGUFInfo, read_info
-from .store.gguf import _skip_array, _string, _unpack, _value  # the same strict header walk
+from .store.gguf import FILE_TYPES, GGUFError, GGUFInfo, read_info
 from .store.names import InvalidName, ModelName
 from .store.register import format_count
 from .store.store import InvalidDigest, ModelNotFound, Store, parse_digest
@@ -113,56 +112,13 @@ def inspect_gguf(path: str | os.PathLike, source: str) -> GGUFInfo:
             raise CreateError(f"supplied file was not in GGUF format: {source}") from None
         raise CreateError(f"invalid GGUF file {source}: {_detail(exc)}") from None
     size = os.path.getsize(path)
-    try:
-        required = _gguf_extent(path, info)
-    except GGUFError as exc:
-        raise CreateError(f"invalid GGUF file {source}: {_detail(exc)}") from None
-    if size < required:
-        raise CreateError(f"invalid GGUF file {source}: truncated, {size} bytes of {required}")
+    if size < info.required_size:
+        raise CreateError(f"invalid GGUF file {source}: truncated, {size} bytes of {info.required_size}")
     return info
 
 
 def _detail(exc: Exception) -> str:
     return str(exc).removeprefix("invalid GGUF file: ").removeprefix("invalid GGUF header: ")
-
-
-def _gguf_extent(path: str | os.PathLike, info: GGUFInfo) -> int:
-    """The byte length a GGUF file must have: the aligned data section's start plus its last tensor's end."""
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    with open(path, "rb") as f:
-        f.seek(4 + 4)
-        tensor_count, kv_count = _unpack(f, "<QQ")
-        for _ in range(kv_count):
-            _string(f)
-            (vtype,) = _unpack(f, "<I")
-            if vtype == ARRAY:
-                (etype,), (count,) = _unpack(f, "<I"), _unpack(f, "<Q")
-                _skip_array(f, etype, count)
-            else:
-                _value(f, vtype)
-        end = 0
-        for _ in range(tensor_count):
-            _string(f)
-            (n_dims,) = _unpack(f, "<I")
-            if n_dims > 8:
-                raise GGUFError("bad tensor header")
-            dims = _unpack(f, "<" + "Q" * n_dims)
-            ttype, offset = _unpack(f, "<IQ")
-            count = 1
-            for d in dims:
-                count *= d
-            try:
-                block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
-            except (ValueError, KeyError):
-                nbytes = 0  # a type this gguf package doesn't know: check its start only
-            else:
-                nbytes = count // block * type_size
-            end = max(end, offset + nbytes)
-        alignment = int(info.kv.get("general.alignment", 32) or 32)
-        pos = f.tell()
-        start = -(-pos // alignment) * alignment
-        return start + end
 
 
 def _media_type(info: GGUFInfo) -> str:

@@ -238,7 +238,9 @@ class Scheduler:
     def _load(self, model: Model, options: RunnerOptions, placement: Plan) -> Loaded:
         path = model.model_path
         try:
-            read_info(str(path))  # a clear error for files that are not GGUF models, before llama.cpp
+            info = read_info(str(path))  # a clear error for files that are not GGUF models, before llama.cpp
+            if path.stat().st_size < info.required_size:
+                raise GGUFError(f"truncated file, {path.stat().st_size} bytes of {info.required_size}")
             llama = LlamaModel(path, n_gpu_layers=placement.gpu_layers, extra_bufts=not self.settings.deterministic)
         except (GGUFError, LoadError) as exc:
             raise ModelLoadError(f"unable to load model {model.name}: {exc}") from exc

@@ -37,6 +37,7 @@ class GGUFInfo:
     kv: dict[str, Any] = field(default_factory=dict)
     array_lengths: dict[str, int] = field(default_factory=dict)  # for arrays that were skipped
     parameter_count: int = 0  # sum of all tensors' element counts
+    required_size: int = 0  # bytes the file must have: aligned data start + the furthest tensor's end
 
     @property
     def architecture(self) -> str:
@@ -82,17 +83,21 @@ def _read(f: BinaryIO, arrays_up_to: int) -> GGUFInfo:
                 info.array_lengths[key] = count
         else:
             info.kv[key] = _value(f, vtype)
+    end = 0
     for _ in range(tensor_count):
         _string(f)
         (n_dims,) = _unpack(f, "<I")
         if n_dims > 8:
             raise GGUFError("invalid GGUF file: bad tensor header")
         dims = _unpack(f, "<" + "Q" * n_dims)
-        _unpack(f, "<IQ")  # type, offset
+        ttype, offset = _unpack(f, "<IQ")
         count = 1
         for d in dims:
             count *= d
         info.parameter_count += count
+        end = max(end, offset + _tensor_bytes(ttype, count))
+    alignment = int(info.kv.get("general.alignment", 32) or 32)
+    info.required_size = -(-f.tell() // alignment) * alignment + end
     return info
 
 
@@ -135,6 +140,17 @@ def _skip_array(f: BinaryIO, etype: int, count: int) -> None:
     else:
         for _ in range(count):
             _value(f, etype)
+
+
+def _tensor_bytes(ggml_type: int, count: int) -> int:
+    """Size of a tensor's data; 0 for a type the gguf package doesn't know (only its start is checked)."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    try:
+        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+    except (ValueError, KeyError):
+        return 0
+    return count // block * type_size
 
 
 def read_tokens(path: str) -> list[str]:
