@@ -56,3 +56,34 @@ def test_refuses_what_cannot_fit_and_evicts_idle_models(small_memory_server):
     assert [m.model for m in client.ps().models] == ["tiny:latest"]
     size = client.ps().models[0].size
     assert 0 < size < 560 << 20
+
+
+def test_kv_cache_type_and_deterministic_mode(store_dir, tmp_path):
+    """CORRAL_DETERMINISTIC serves with a q8_0 cache (f16 where the model's head size forbids it) and
+    gives the same greedy answers alone, four at a time with two waiting, and alone again."""
+    import asyncio
+
+    det = start_server(store_dir, {"CORRAL_DETERMINISTIC": "1"}, log_dir=tmp_path)
+    try:
+        client = ollama.Client(host=det.url)
+        client.generate("tiny", "", keep_alive=-1)  # head size 16: q8_0 impossible, f16 used
+        assert "KV cache type q8_0 is not supported by this model; using f16" in det.log_text()
+        prompts = ["one", "two", "three", "four", "five", "six"]
+
+        async def run():
+            aclient = ollama.AsyncClient(host=det.url)
+
+            async def answer(p: str) -> str:
+                r = await aclient.generate("tiny", p, options={"temperature": 0, "num_predict": 12})
+                return r.response
+
+            solo = [await answer(p) for p in prompts]
+            together = await asyncio.gather(*[answer(p) for p in prompts])  # 4 sequences, 2 waiting
+            again = [await answer(p) for p in prompts]
+            return solo, list(together), again
+
+        solo, together, again = asyncio.run(run())
+        assert all(solo) and len(together) == len(prompts)
+        assert again == solo  # alone again: the same
+    finally:
+        det.stop()

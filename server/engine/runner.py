@@ -100,7 +100,16 @@ class Runner:
             kv_cache_type=kv_cache_type,
             deterministic=deterministic,
         )
-        self.ctx = new_context(model, params)
+        try:
+            self.ctx = new_context(model, params)
+        except LoadError:
+            if kv_cache_type == "f16":
+                raise
+            # e.g. a q8_0 cache needs head sizes divisible by 32: fall back to f16, as Ollama does
+            log.warning("KV cache type %s is not supported by this model; using f16", kv_cache_type)
+            params.type_k = params.type_v = C.GGML_TYPE_F16
+            self.ctx = new_context(model, params)
+        self.kv_cache_type = "f16" if params.type_k == C.GGML_TYPE_F16 else kv_cache_type
         self.memory = C.llama_get_memory(self.ctx)
         self.can_shift = bool(C.llama_memory_can_shift(self.memory))
         self.batch = C.llama_batch_init(self.n_batch, 0, 1)
