@@ -37,7 +37,7 @@ from .store import manifest as mf
 from .store.gguf import FILE_TYPES, GGUFError, GGUFInfo, read_info
 from .store.names import InvalidName, ModelName
 from .store.register import format_count
-from .store.store import InvalidDigest, ModelNotFound, Store, parse_digest
+from .store.store import InvalidDigest, Store, parse_digest
 
 # quantize names (case-insensitive) → (llama_ftype, name Ollama prints)
 QUANT_TYPES = {"q4_k_m": (15, "Q4_K_M"), "q8_0": (7, "Q8_0")}

@@ -8,7 +8,7 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
 
-from ..inference import Delta, Final, Inference
+from ..inference import Final, Inference
 from .errors import raise_for
 from .wire import APIError, decode, encode, json_response
 

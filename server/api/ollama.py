@@ -6,7 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Request, Response, delete, get, head, post, route
+from litestar import Request, Response, delete, get, post, route
 from litestar.response import Stream
 
 from .. import __version__, modelfile

@@ -12,12 +12,10 @@ honours tool_choice.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
 import secrets
-import string
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +28,7 @@ from litestar.exceptions import HTTPException
 from litestar.response import Stream
 
 from ..engine.embedder import normalize
+from ..reply import call_id
 from ..inference import ChatParams, Delta, Final, GenerateParams, Inference
 from . import openai_types as o
 from .errors import raise_for, status_for
@@ -94,10 +93,6 @@ def _new_id(prefix: str) -> str:
 
 def _item_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
-
-
-def _call_id() -> str:
-    return "call_" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
 def _options(*, temperature: float | None, top_p: float | None, max_tokens: int | None = None,
@@ -201,7 +196,7 @@ def _wire_calls(calls: list[dict] | None, start: int) -> list[o.ToolCall]:
         fn = call.get("function") or call  # {"name", "arguments"} flat, or nested as in messages
         args = fn.get("arguments")
         text = args if isinstance(args, str) else json.dumps(args or {}, ensure_ascii=False, separators=(",", ":"))
-        out.append(o.ToolCall(id=call.get("id") or _call_id(), index=start + k,
+        out.append(o.ToolCall(id=call.get("id") or call_id(), index=start + k,
                               function=o.FunctionCall(name=fn.get("name") or "", arguments=text)))
     return out
 
@@ -681,7 +676,7 @@ def _responses_messages(value: Any) -> list[dict]:
             name = item.get("name")
             if not isinstance(name, str) or not name:
                 raise bad("function_call needs a name", f"{where}.name")
-            call_id = item.get("call_id") or item.get("id") or _call_id()
+            call_id = item.get("call_id") or item.get("id") or call_id()
             names[call_id] = name
             last = out[-1] if out else None
             if last is None or last["role"] != "assistant":

@@ -19,7 +19,6 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from . import manifest as mf
 from .names import InvalidName, ModelName
