@@ -93,6 +93,7 @@ class Settings:
     embed_default_model: bool = True
     prefix_cache: bool = True
     deterministic: bool = False  # same text for a seeded request alone or under load (CPU)
+    backend_sampling: str = "auto"  # auto: where layers are offloaded to a GPU; "1" / "0" force it
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -117,4 +118,5 @@ class Settings:
             embed_default_model=not _bool("CORRAL_NO_DEFAULT_MODEL"),
             prefix_cache=_bool("CORRAL_PREFIX_CACHE", True),
             deterministic=_bool("CORRAL_DETERMINISTIC"),
+            backend_sampling=os.environ.get("CORRAL_BACKEND_SAMPLING", "auto").strip().lower() or "auto",
         )

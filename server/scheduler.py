@@ -235,6 +235,12 @@ class Scheduler:
             else:
                 await asyncio.sleep(0.05)
 
+    def _backend_sampling(self, llama: LlamaModel) -> bool:
+        choice = self.settings.backend_sampling
+        if choice == "auto":
+            return llama.n_gpu_layers > 0 and not self.settings.deterministic
+        return choice in ("1", "true", "on", "yes")
+
     def _load(self, model: Model, options: RunnerOptions, placement: Plan) -> Loaded:
         path = model.model_path
         try:
@@ -255,6 +261,7 @@ class Scheduler:
                 kv_cache_type=self.settings.kv_cache_type,
                 prefix_cache=self.settings.prefix_cache,
                 deterministic=self.settings.deterministic,
+                backend_sampling=self._backend_sampling(llama),
             )
         except LoadError as exc:
             llama.close()

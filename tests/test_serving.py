@@ -137,3 +137,31 @@ def test_queue_overflow_gives_503(single_slot_server):
         waiting.join(60)
     assert httpx.post(single_slot_server.url + "/api/generate", json={
         "model": "tiny", "prompt": "again", "stream": False, "options": {"num_predict": 2}}, timeout=30).status_code == 200
+
+
+def test_backend_sampling(fresh_store, tmp_path):
+    """CORRAL_BACKEND_SAMPLING=1 runs plain chains inside llama_decode (the GPU path, here on the CPU
+    backend); chains it cannot run (grammar, penalties, logprobs) fall back to the CPU sampler."""
+    server = start_server(fresh_store, {"CORRAL_BACKEND_SAMPLING": "1"}, log_dir=tmp_path)
+    try:
+        client = ollama.Client(host=server.url)
+        options = {"temperature": 0.9, "seed": 42, "num_predict": 16}
+        runs = [client.generate("tiny", "Once upon a time", options=options).response for _ in range(3)]
+        assert runs[0] and runs.count(runs[0]) == 3
+
+        async def together():
+            aclient = ollama.AsyncClient(host=server.url)
+            return await asyncio.gather(*[aclient.generate("tiny", f"prompt {i}", options={**options, "seed": i})
+                                          for i in range(6)])
+
+        assert all(r.done and r.eval_count == 16 for r in asyncio.run(together()))
+        schema = {"type": "object", "properties": {"n": {"type": "integer", "maximum": 99}}, "required": ["n"]}
+        r = client.generate("tiny", "x", format=schema, options={**options, "num_predict": 60})
+        assert isinstance(json.loads(r.response)["n"], int)
+        r = client.generate("tiny", "x", options={**options, "repeat_penalty": 1.3})
+        assert r.eval_count == 16
+        raw = httpx.post(server.url + "/api/generate", json={"model": "tiny", "prompt": "x", "stream": False,
+                                                            "logprobs": True, "options": options}, timeout=60).json()
+        assert len(raw["logprobs"]) == 16
+    finally:
+        server.stop()

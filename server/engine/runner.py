@@ -54,6 +54,7 @@ class _Seq:
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.held = ""  # text held back because it may start a stop string
         self.out_row = -1  # batch row of this sequence's logits in the current step
+        self.on_backend = False  # its chain runs inside llama_decode (backend sampling)
         self.cached = 0
         self.t_admit = 0
         self.t_first = 0
@@ -78,8 +79,10 @@ class Runner:
         kv_cache_type: str = "f16",
         prefix_cache: bool = True,
         deterministic: bool = False,
+        backend_sampling: bool = False,
     ):
         self.model = model
+        self.backend_sampling = backend_sampling
         # Flash attention sums a sequence's cache cells in cell order, so a deterministic runner must
         # give every sequence cells in increasing order, as it would get running alone. llama.cpp
         # fills the lowest free cells first, so it never frees cells while others run: a sequence
@@ -241,7 +244,12 @@ class Runner:
                 if job.cancelled.is_set():
                     self.active -= 1
                     continue
-                self._start(job, free, out)
+                try:
+                    self._start(job, free, out)
+                except Exception as exc:  # this job cannot start; the others go on
+                    log.exception("could not start a job")
+                    self.active -= 1
+                    out.append((job, Failed(f"generation failed: {exc}")))
 
     def _start(self, job: Job, free: list[_Seq], out: list[tuple[Job, Event]]) -> None:
         # the idle sequence sharing the longest prefix with this prompt; least recently used on ties
@@ -266,6 +274,8 @@ class Runner:
         chain.feed_history(job.tokens[-job.sampling.repeat_last_n:] if job.sampling.repeat_last_n > 0 else job.tokens)
         best.reset_job()
         best.job, best.chain, best.prompt = job, chain, job.tokens
+        if self.backend_sampling and chain.backend_ok and job.logprobs < 0:
+            best.on_backend = bool(C.llama_set_sampler(self.ctx, best.id, chain.ptr))
         best.fed = best.cached = keep
         best.t_admit = time.perf_counter_ns()
         if keep:
@@ -343,7 +353,10 @@ class Runner:
 
     def _sampled(self, seq: _Seq, now: int, out: list[tuple[Job, Event]]) -> None:
         job = seq.job
-        token = seq.chain.sample(self.ctx, seq.out_row)
+        if seq.on_backend:
+            token = C.llama_get_sampled_token_ith(self.ctx, seq.out_row)
+        else:
+            token = seq.chain.sample(self.ctx, seq.out_row)
         if not seq.generated and seq.t_first == 0:
             seq.t_first = now
         if (self.model.is_eog(token) and not job.ignore_eos) or token in job.stop_tokens:
@@ -428,6 +441,8 @@ class Runner:
 
     def _release(self, seq: _Seq) -> None:
         """Free the sequence for the next job; its KV cache stays for prefix reuse."""
+        if seq.on_backend:
+            C.llama_set_sampler(self.ctx, seq.id, None)
         if seq.chain is not None:
             seq.chain.free()
         seq.last_used = time.monotonic()

@@ -32,6 +32,9 @@ class Chain:
         self.n_vocab = n_vocab
         self.penalties = None
         self.grammar = None
+        # llama.cpp can run top-k/top-p/min-p/temperature/dist/greedy chains on the backend (GPU)
+        self.backend_ok = not s.grammar and s.repeat_penalty == 1.0 and s.presence_penalty == 0.0 \
+            and s.frequency_penalty == 0.0 and not (0 < s.typical_p < 1)
         try:
             if s.grammar:
                 self.grammar = C.llama_sampler_init_grammar(vocab, s.grammar.encode("utf-8"), b"root")
@@ -40,7 +43,7 @@ class Chain:
             if s.repeat_penalty != 1.0 or s.presence_penalty != 0.0 or s.frequency_penalty != 0.0:
                 last_n = s.repeat_last_n if s.repeat_last_n >= 0 else -1
                 self.penalties = C.llama_sampler_init_penalties(
-                    last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
+                    n_vocab, last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
                 )
                 C.llama_sampler_chain_add(self.ptr, self.penalties)
             if s.temperature <= 0:
