@@ -130,8 +130,6 @@ class Prepared:
     options: Options
     runner_options: RunnerOptions
     keep_alive: float | None
-    prompt: str = ""
-    tokens: list[int] = field(default_factory=list)
 
 
 class Inference:
@@ -282,19 +280,17 @@ class Inference:
         start = time.perf_counter_ns()
         async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
             load_ns = time.perf_counter_ns() - start
-            stop_tokens: frozenset[int] = frozenset()
-            fim = params.suffix and not params.raw and not self._uses_go_fim(params, model)
-            if fim:
+            go_fim = self._uses_go_fim(params, model)
+            if params.suffix and not params.raw and not go_fim:  # FIM from the model's own tokens
                 tokens = self._fim_tokens(loaded, params.prompt, params.suffix)
                 if tokens is None:
                     raise BadRequest(f"{model.entry.name.full} does not support insert")
-                stop_tokens = self._fim_stops(loaded)
                 text = ""
             else:
                 text = self.render_generate(params, model, bos=self._bos(loaded))
                 tokens = list(params.context or []) + self._tokenize(loaded, text)
-            if fim or self._uses_go_fim(params, model):
-                stop_tokens = self._fim_stops(loaded)
+            fim = params.suffix and not params.raw
+            stop_tokens = self._fim_stops(loaded) if fim else frozenset()
             think = self._thinking(params.think, model)
             parser = ReplyParser(think=think, in_thinking=prompt_opens_thinking(text))
             job = self._job(prep, tokens, params, grammar, stop_tokens)

@@ -111,8 +111,7 @@ def test_forced_tool_call_validates(server, choice):
 def test_forced_call_through_ollama_package(server):
     client = ollama.Client(host=server.url)
     r = client.chat("tooly", messages=[{"role": "user", "content": "weather?"}], tools=[WEATHER],
-                    options={"temperature": 1.0, "seed": 3, "num_predict": 200},
-                    **{"tool_choice": "required"} if False else {})
+                    options={"temperature": 1.0, "seed": 3, "num_predict": 200})
     # auto with a random model: whatever comes out is returned (content or calls), never dropped
     assert r.message.content or r.message.tool_calls
     streamed = list(client.chat("tooly", messages=[{"role": "user", "content": "weather?"}], tools=[WEATHER],

@@ -292,16 +292,14 @@ async def show(request: Request) -> Response:
     info = read_info(str(model.model_path), arrays_up_to=1 << 30 if req.verbose else 5) if model.model_path else None
     model_info: dict[str, Any] = {}
     if info is not None:
-        model_info = {k: (None if k in info.array_lengths else v) for k, v in info.kv.items()
+        # long arrays were skipped (and are shown empty) unless verbose
+        model_info = {k: ([] if k in info.array_lengths else v) for k, v in info.kv.items()
                       if not k.startswith("tokenizer.chat_template")}
-        if not req.verbose:
-            model_info = {k: ([] if k in info.array_lengths else v) for k, v in model_info.items()}
         model_info["general.parameter_count"] = info.parameter_count
     template = model.template or model.chat_template or ""
-    if "insert" in model.capabilities() and ".Suffix" not in template:
-        # Continue and other editors decide FIM support by looking for .Suffix in the template
-        template = template or "{{ .Prompt }}"
-        template = template + "{{- if .Suffix }}{{ .Suffix }}{{ end }}" if not model.template else template
+    if "insert" in model.capabilities() and not model.template:
+        # FIM from vocabulary tokens: Continue and other editors look for .Suffix in the template
+        template = (template or "{{ .Prompt }}") + "{{- if .Suffix }}{{ .Suffix }}{{ end }}"
     messages = [t.Message(role=m.get("role", "user"), content=m.get("content", "")) for m in model.messages]
     return json_response(
         t.ShowResponse(

@@ -149,8 +149,6 @@ class LlamaModel:
         self.fim = {
             name: getattr(C, f"llama_vocab_fim_{name}")(self.vocab) for name in ("pre", "suf", "mid", "pad", "rep", "sep")
         }
-        self._piece_lock = threading.Lock()
-        self._piece_buf = ctypes.create_string_buffer(256)
 
     def close(self) -> None:
         if self.ptr:
@@ -187,14 +185,6 @@ class LlamaModel:
 
     def is_eog(self, token: int) -> bool:
         return bool(C.llama_vocab_is_eog(self.vocab, token))
-
-    def is_control(self, token: int) -> bool:
-        return bool(C.llama_vocab_is_control(self.vocab, token))
-
-    def meta(self, key: str) -> str | None:
-        buf = ctypes.create_string_buffer(4096)
-        n = C.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
-        return None if n < 0 else buf.value.decode("utf-8", errors="replace")
 
 
 KV_TYPES = {"f16": C.GGML_TYPE_F16, "q8_0": C.GGML_TYPE_Q8_0, "q4_0": C.GGML_TYPE_Q4_0}

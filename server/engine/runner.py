@@ -112,7 +112,6 @@ class Runner:
             log.warning("KV cache type %s is not supported by this model; using f16", kv_cache_type)
             params.type_k = params.type_v = C.GGML_TYPE_F16
             self.ctx = new_context(model, params)
-        self.kv_cache_type = "f16" if params.type_k == C.GGML_TYPE_F16 else kv_cache_type
         self.memory = C.llama_get_memory(self.ctx)
         self.can_shift = bool(C.llama_memory_can_shift(self.memory))
         self.batch = C.llama_batch_init(self.n_batch, 0, 1)
