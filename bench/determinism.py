@@ -1,10 +1,12 @@
 """How often does a seeded/greedy answer change when other requests run beside it?
 
-    python -m bench.determinism --model gemma3:270m [--prompts 20] [--tokens 32] [--parallel 4] [--json]
+    python -m bench.determinism --model gemma3:270m [--prompts 20] [--tokens 32] [--parallel 4]
+                                [--stagger-ms 0] [--json]
 
 Each prompt is first answered alone (greedy, `--tokens` tokens), then all prompts are sent
 again `--parallel` at a time; the rate is the share of answers that differ from their solo
-run. The real Ollama on a 2-core CPU differs in about 1 of 5 (issue notes); 0 is the goal.
+run. `--stagger-ms` delays the k-th request of each group by k times that long, so requests
+join while the others are mid-generation (the hardest case for batch-invariant numerics). The real Ollama on a 2-core CPU differs in about 1 of 5 (issue notes); 0 is the goal.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ TOPICS = ["the sea", "a red bicycle", "winter mornings", "prime numbers", "coffe
           "a lighthouse", "paper planes", "glaciers", "jazz", "desert nights", "a clock tower"]
 
 
-async def answer(client: httpx.AsyncClient, url: str, model: str, topic: str, tokens: int) -> str:
+async def answer(client: httpx.AsyncClient, url: str, model: str, topic: str, tokens: int,
+                 delay: float = 0.0) -> str:
+    await asyncio.sleep(delay)
     body = {"model": model, "stream": False, "messages": [{"role": "user", "content": f"Tell me about {topic}."}],
             "options": {"temperature": 0, "num_predict": tokens}}
     r = await client.post(url + "/api/chat", json=body)
@@ -30,16 +34,19 @@ async def answer(client: httpx.AsyncClient, url: str, model: str, topic: str, to
     return r.json()["message"]["content"]
 
 
-async def measure(url: str, model: str, n: int, tokens: int, parallel: int) -> dict:
+async def measure(url: str, model: str, n: int, tokens: int, parallel: int, stagger: float) -> dict:
     topics = (TOPICS * (n // len(TOPICS) + 1))[:n]
     async with httpx.AsyncClient(timeout=600) as client:
         solo = [await answer(client, url, model, t, tokens) for t in topics]
         together: list[str] = []
         for i in range(0, n, parallel):
             group = topics[i:i + parallel]
-            together += await asyncio.gather(*[answer(client, url, model, t, tokens) for t in group])
-    differ = sum(a != b for a, b in zip(solo, together))
-    return {"prompts": n, "tokens": tokens, "parallel": parallel, "differ": differ, "rate": differ / n}
+            together += await asyncio.gather(*[answer(client, url, model, t, tokens, k * stagger)
+                                               for k, t in enumerate(group)])
+    differing = [i for i, (a, b) in enumerate(zip(solo, together)) if a != b]
+    differ = len(differing)
+    return {"prompts": n, "tokens": tokens, "parallel": parallel, "stagger_ms": stagger * 1000,
+            "differ": differ, "rate": differ / n, "differing": differing}
 
 
 def main() -> None:
@@ -48,19 +55,21 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--parallel", type=int, default=4)
+    ap.add_argument("--stagger-ms", type=float, default=0.0)
     ap.add_argument("--deterministic", default="1", help="CORRAL_DETERMINISTIC for the server (1 or 0)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     root = model_store(args.model)
     env = {"OLLAMA_NUM_PARALLEL": str(args.parallel), "CORRAL_DETERMINISTIC": args.deterministic}
     with CorralProcess(root, env) as server:
-        result = asyncio.run(measure(server.url, args.model, args.prompts, args.tokens, args.parallel))
+        result = asyncio.run(measure(server.url, args.model, args.prompts, args.tokens, args.parallel,
+                                   args.stagger_ms / 1000))
     result["deterministic"] = args.deterministic
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{result['differ']} of {result['prompts']} greedy {args.tokens}-token chats differ under load "
-              f"(parallel {args.parallel}, CORRAL_DETERMINISTIC={args.deterministic}): rate {result['rate']:.2f}")
+              f"(parallel {args.parallel}, stagger {args.stagger_ms:g} ms, CORRAL_DETERMINISTIC={args.deterministic}): rate {result['rate']:.2f}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .config import FOREVER, Settings
 from .engine.embedder import Embedder
-from .engine.llama import LlamaModel, LoadError, devices, supports_gpu
+from .engine.llama import LlamaModel, LoadError, batch_invariant_kernels, devices, supports_gpu
 from .engine.memory import InsufficientMemory, Plan, estimate, plan, system_memory
 from .engine.runner import Runner
 from .store.gguf import GGUFError, read_info
@@ -90,6 +90,8 @@ class Loaded:
 class Scheduler:
     def __init__(self, settings: Settings):
         self.settings = settings
+        if settings.deterministic:
+            batch_invariant_kernels()
         self.loaded: dict[str, Loaded] = {}  # by model digest
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiting = 0

@@ -165,3 +165,37 @@ def test_backend_sampling(fresh_store, tmp_path):
         assert len(raw["logprobs"]) == 16
     finally:
         server.stop()
+
+
+def test_deterministic_mode_ignores_requests_that_join(store_dir, tmp_path):
+    """CORRAL_DETERMINISTIC=1: greedy answers have bit-identical logprobs alone and when requests
+    join mid-generation. Each join is a step of 8-16 rows (a short prompt beside running tokens),
+    where ggml's CPU backend would otherwise switch to its tiled K-quant kernel (other numbers)."""
+    server = start_server(store_dir, {"CORRAL_DETERMINISTIC": "1", "OLLAMA_NUM_PARALLEL": "4"}, log_dir=tmp_path)
+    topics = ["the sea", "a red bicycle", "winter mornings", "prime numbers"]
+
+    async def run() -> tuple[list, list]:
+        client = ollama.AsyncClient(host=server.url)
+
+        async def answer(topic: str) -> list[tuple[str, float]]:
+            stream = await client.chat("gemma3:270m", [{"role": "user", "content": f"Tell me about {topic}."}],
+                                       stream=True, logprobs=True, options={"temperature": 0, "num_predict": 24})
+            return [(lp.token, lp.logprob) async for part in stream for lp in part.logprobs or []]
+
+        async def first_then_others() -> list[list[tuple[str, float]]]:
+            first = asyncio.create_task(answer(topics[0]))
+            others = []
+            for delay in (0.4, 0.15, 0.1):  # the others join one by one while the first runs
+                await asyncio.sleep(delay)
+                others.append(asyncio.create_task(answer(topics[1 + len(others)])))
+            return [await first] + [await o for o in others]
+
+        alone = [await answer(topic) for topic in topics]
+        return alone, await first_then_others()
+
+    try:
+        alone, together = asyncio.run(run())
+        assert all(len(a) == 24 for a in alone)
+        assert together == alone
+    finally:
+        server.stop()

@@ -47,6 +47,17 @@ def init_backend() -> None:
         _initialised = True
 
 
+def batch_invariant_kernels() -> None:
+    """Keep ggml's CPU matrix products per-row for every batch size (deterministic serving).
+
+    For K-quant weights ggml switches from a per-row dot product to a tiled kernel at 8 rows, so
+    a running sequence gets other numbers in the step where another prompt joins it. Setting
+    GGML_CPU_TILED_MM=0 keeps the per-row kernel; ggml reads it once, at the first matrix product
+    of the process, so this must run before any model computes anything. It costs prompt speed.
+    """
+    os.environ["GGML_CPU_TILED_MM"] = "0"
+
+
 def supports_gpu() -> bool:
     init_backend()
     return bool(C.llama_supports_gpu_offload())
