@@ -6,7 +6,8 @@ For each concurrency N, in one run on one model:
 - raw: a plain llama_decode loop over N sequences with greedy picks (no server, no Python
   per-token work beyond the loop): the ceiling.
 - corral: a `corral serve` process and N concurrent streaming /api/generate clients
-  (`--tokens` tokens each, temperature 0.8); aggregate tok/s over wall time, TTFT p50.
+  (`--tokens` tokens each, temperature 0.8, `raw` so the prompt is the same tokens the raw loop
+  and llama-server process); aggregate tok/s over wall time, TTFT p50.
 - with `--llama-server PATH`: the same load against llama-server (a binary built from the same
   llama.cpp sources, `-np N`) on its /completion endpoint, the anchor to beat.
 Prints one line per level and the ratios; --json prints one JSON object.
@@ -75,7 +76,7 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, i: int, n_tokens
                 "stream": True}
     else:
         path, text_key = "/api/generate", "response"
-        body = {"model": model, "prompt": prompt, "stream": True,
+        body = {"model": model, "prompt": prompt, "stream": True, "raw": True,  # the same tokens as the others
                 "options": {"num_predict": n_tokens, "temperature": 0.8, "seed": i, "ignore_eos": True}}
     start = time.perf_counter()
     ttft, count = None, 0

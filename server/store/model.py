@@ -122,10 +122,7 @@ class Model:
         kv = self.gguf.kv
         if all(f"tokenizer.ggml.fim_{k}_token_id" in kv for k in ("pre", "suf", "mid")):
             return True
-        if self.model_path is None:
-            return False
-        tokens = set(_cached_tokens(str(self.model_path)))
-        return any(all(t in tokens for t in triple) for triple in FIM_TOKEN_TEXTS)
+        return self.model_path is not None and _has_fim_token_texts(str(self.model_path))
 
     def capabilities(self) -> list[str]:
         """Computed like Ollama: a pooling type means an embedding model; the template decides the rest."""
@@ -156,9 +153,11 @@ FIM_TOKEN_TEXTS = [
 ]
 
 
-@functools.lru_cache(maxsize=16)
-def _cached_tokens(path: str) -> tuple[str, ...]:
-    return tuple(read_tokens(path))
+@functools.lru_cache(maxsize=64)
+def _has_fim_token_texts(path: str) -> bool:
+    """Blobs are named by their digest, so one look at a vocabulary serves every request."""
+    tokens = set(read_tokens(path))
+    return any(all(t in tokens for t in triple) for triple in FIM_TOKEN_TEXTS)
 
 
 @functools.lru_cache(maxsize=64)
