@@ -78,12 +78,12 @@ def main() -> None:
     decode_lines = _decode_lines()
     raw = tempfile.NamedTemporaryFile(suffix=".txt", delete=False).name
     with CorralProcess(root, {"OLLAMA_NUM_PARALLEL": str(args.clients)}) as server:
-        asyncio.run(corral_load(server.url, args.model, 1, 4))  # load the model first
+        asyncio.run(corral_load(server.url, args.model, 1, 4, 1))  # load the model first
         spy = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "--pid",
                                 str(server.proc.pid), "--format", "raw", "--output", raw, "--threads",
                                 "--rate", "250", "--duration", str(args.seconds), "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        agg, _ = asyncio.run(corral_load(server.url, args.model, args.clients, args.tokens))
+        agg, _ = asyncio.run(corral_load(server.url, args.model, args.clients, args.tokens, 1))
         _, err = spy.communicate(timeout=120)
         if spy.returncode != 0:
             raise SystemExit(f"py-spy failed: {err.decode(errors='replace')}")

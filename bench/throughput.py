@@ -1,12 +1,13 @@
 """Aggregate generation throughput: raw llama.cpp batched decode vs Corral over HTTP.
 
-    python -m bench.throughput --model gemma3:270m --concurrency 1,4 [--tokens 128] [--json]
+    python -m bench.throughput --model gemma3:270m --concurrency 1,4 [--tokens 128] [--rounds 2] [--json]
 
 For each concurrency N, in one run on one model:
 - raw: a plain llama_decode loop over N sequences with greedy picks (no server, no Python
   per-token work beyond the loop): the ceiling.
-- corral: a `corral serve` process and N concurrent streaming /api/generate clients
-  (`--tokens` tokens each, temperature 0.8, `raw` so the prompt is the same tokens the raw loop
+- corral: a `corral serve` process and N concurrent streaming /api/generate clients, each
+  sending `--rounds` requests one after another (2, as ../shared/gpu/loadgen.py does for the
+  anchors; `--tokens` tokens each, temperature 0.8, `raw` so the prompt is the same tokens the raw loop
   and llama-server process); aggregate tok/s over wall time, TTFT p50.
 - with `--llama-server PATH`: the same load against llama-server (a binary built from the same
   llama.cpp sources, `-np N`) on its /completion endpoint, the anchor to beat.
@@ -98,12 +99,17 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, i: int, n_tokens
     return (ttft or 0.0), count
 
 
-async def corral_load(url: str, model: str, n: int, n_tokens: int, llama_server: bool = False) -> tuple[float, float]:
-    """(aggregate tok/s, TTFT p50 ms) for N concurrent streaming clients."""
+async def corral_load(url: str, model: str, n: int, n_tokens: int, rounds: int,
+                      llama_server: bool = False) -> tuple[float, float]:
+    """(aggregate tok/s, TTFT p50 ms) for N concurrent streaming clients, `rounds` requests each."""
     async with httpx.AsyncClient(timeout=600) as client:
         await _one(client, url, model, 999, 4, llama_server)  # warm: model loaded, caches touched
+
+        async def client_rounds(w: int) -> list[tuple[float, int]]:
+            return [await _one(client, url, model, w * 1000 + k, n_tokens, llama_server) for k in range(rounds)]
+
         start = time.perf_counter()
-        results = await asyncio.gather(*[_one(client, url, model, i, n_tokens, llama_server) for i in range(n)])
+        results = [r for rs in await asyncio.gather(*[client_rounds(w) for w in range(n)]) for r in rs]
         wall = time.perf_counter() - start
     tokens = sum(count for _, count in results)
     return tokens / wall, 1000 * statistics.median(t for t, _ in results)
@@ -142,6 +148,7 @@ def main() -> None:
     ap.add_argument("--model", default="gemma3:270m")
     ap.add_argument("--concurrency", default="1,4")
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=2, help="requests per client, one after another")
     ap.add_argument("--asgi", default="uvicorn", choices=["uvicorn", "granian"])
     ap.add_argument("--llama-server", default="", help="path to a llama-server binary: also measure it")
     ap.add_argument("--json", action="store_true")
@@ -149,19 +156,21 @@ def main() -> None:
     levels = [int(x) for x in args.concurrency.split(",")]
     root = model_store(args.model)
     path = str(gguf_path(root, args.model))
-    out = {"model": args.model, "tokens": args.tokens, "asgi": args.asgi, "threads": default_threads(), "levels": []}
+    out = {"model": args.model, "tokens": args.tokens, "rounds": args.rounds, "asgi": args.asgi,
+           "threads": default_threads(), "levels": []}
     with CorralProcess(root, {"OLLAMA_NUM_PARALLEL": str(max(levels)), "CORRAL_ASGI_SERVER": args.asgi}) as server:
         for n in levels:
             raw = raw_decode(path, n, args.tokens, extra_bufts=True)
             raw_plain = raw_decode(path, n, args.tokens, extra_bufts=False)
-            agg, ttft = asyncio.run(corral_load(server.url, args.model, n, args.tokens))
+            agg, ttft = asyncio.run(corral_load(server.url, args.model, n, args.tokens, args.rounds))
             level = {"concurrency": n, "raw_tok_s": round(raw, 1), "raw_no_repack_tok_s": round(raw_plain, 1),
                      "corral_tok_s": round(agg, 1), "ttft_p50_ms": round(ttft, 1), "ratio": round(agg / raw, 3)}
             line = (f"N={n:<3} raw {raw:7.1f} tok/s (no repack {raw_plain:7.1f})  corral {agg:7.1f} tok/s  "
                     f"TTFT p50 {ttft:6.1f} ms  ratio {agg / raw:.3f}")
             if args.llama_server:
                 with LlamaServer(args.llama_server, path, n) as anchor:
-                    l_agg, l_ttft = asyncio.run(corral_load(anchor.url, args.model, n, args.tokens, llama_server=True))
+                    l_agg, l_ttft = asyncio.run(corral_load(anchor.url, args.model, n, args.tokens, args.rounds,
+                                                            llama_server=True))
                 level.update(llama_server_tok_s=round(l_agg, 1), llama_server_ttft_p50_ms=round(l_ttft, 1),
                              llama_server_ratio=round(l_agg / raw, 3), corral_vs_llama_server=round(agg / l_agg, 3))
                 line += (f"  | llama-server {l_agg:7.1f} tok/s  TTFT p50 {l_ttft:6.1f} ms  ratio {l_agg / raw:.3f}"
