@@ -6,7 +6,8 @@ Starts `corral serve`, attaches `py-spy record` (needs the py-spy package; it re
 process's stacks from outside, the server is not modified), runs N concurrent streaming
 clients, and sorts every sample into: llama_decode, sampling, detokenising and stop strings,
 hand-off to the event loop, the rest of the decode thread, HTTP and JSON (the event loop), idle.
-Prints each category's share of the decode thread's and of the loop thread's samples.
+Prints how busy each thread was (share of the sampled time it spent off the wait queues) and each
+category's share of the decode thread's and of the loop thread's samples.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from .common import CorralProcess, model_store
 from .throughput import corral_load
 
+RATE = 250  # samples a second
 RUNNER = Path(__file__).resolve().parent.parent / "server" / "engine" / "runner.py"
 
 
@@ -81,7 +83,7 @@ def main() -> None:
         asyncio.run(corral_load(server.url, args.model, 1, 4, 1))  # load the model first
         spy = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "--pid",
                                 str(server.proc.pid), "--format", "raw", "--output", raw, "--threads",
-                                "--rate", "250", "--duration", str(args.seconds), "--nonblocking"],
+                                "--rate", str(RATE), "--duration", str(args.seconds), "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         agg, _ = asyncio.run(corral_load(server.url, args.model, args.clients, args.tokens, 1))
         _, err = spy.communicate(timeout=120)
@@ -98,16 +100,18 @@ def main() -> None:
                 by_thread["decode"][classify_decode(frames, decode_lines)] += int(count)
             elif any("uvicorn" in fr or "asyncio" in fr for fr in frames):
                 by_thread["loop"][classify_loop(frames)] += int(count)
-    out = {"clients": args.clients, "tokens": args.tokens, "agg_tok_s": round(agg, 1), "threads": {}}
+    out = {"clients": args.clients, "tokens": args.tokens, "agg_tok_s": round(agg, 1), "threads": {}, "busy": {}}
     for thread, counter in by_thread.items():
         total = sum(counter.values()) or 1
         out["threads"][thread] = {k: round(100 * v / total, 1) for k, v in counter.most_common()}
+        # py-spy leaves out samples of threads that sleep: what is left is time on a core
+        out["busy"][thread] = round(100 * total / (RATE * args.seconds), 1)
     if args.json:
         print(json.dumps(out))
         return
     print(f"{args.clients} streaming clients, {args.tokens} tokens each: {agg:.1f} tok/s aggregate")
     for thread, shares in out["threads"].items():
-        print(f"  {thread} thread:")
+        print(f"  {thread} thread (busy {out['busy'][thread]:.1f}% of the sampled time):")
         for name, pct in shares.items():
             print(f"    {pct:5.1f}%  {name}")
 

@@ -1,6 +1,6 @@
 """Aggregate generation throughput: raw llama.cpp batched decode vs Corral over HTTP.
 
-    python -m bench.throughput --model gemma3:270m --concurrency 1,4 [--tokens 128] [--rounds 2] [--json]
+    python -m bench.throughput --model gemma3:270m --concurrency 1,4 [--tokens 128] [--rounds 2] [--repeat 3] [--json]
 
 For each concurrency N, in one run on one model:
 - raw: a plain llama_decode loop over N sequences with greedy picks (no server, no Python
@@ -11,7 +11,9 @@ For each concurrency N, in one run on one model:
   and llama-server process); aggregate tok/s over wall time, TTFT p50.
 - with `--llama-server PATH`: the same load against llama-server (a binary built from the same
   llama.cpp sources, `-np N`) on its /completion endpoint, the anchor to beat.
-Prints one line per level and the ratios; --json prints one JSON object.
+Each level is measured `--repeat` times, each load between two raw measurements: its ratio is
+taken against their mean, so the machine's drift between phases cancels. Prints one line per level
+(medians, and the ratio of every repeat); --json prints one JSON object.
 """
 
 from __future__ import annotations
@@ -139,8 +141,56 @@ class LlamaServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(20)
+
+
+def measure_level(server: CorralProcess, path: str, n: int, args: argparse.Namespace) -> dict:
+    """`--repeat` rounds of raw, Corral (and llama-server), raw again: each load's ratio is taken
+    against the mean of the raw figures just before and after it, so the machine's drift between
+    phases cancels; the level reports medians over the rounds."""
+    anchor = LlamaServer(args.llama_server, path, n) if args.llama_server else None
+    raws, corral, ttfts, anchors, anchor_ttfts = [raw_decode(path, n, args.tokens, extra_bufts=True)], [], [], [], []
+    try:
+        for _ in range(args.repeat):
+            agg, ttft = asyncio.run(corral_load(server.url, args.model, n, args.tokens, args.rounds))
+            corral.append(agg), ttfts.append(ttft)
+            if anchor:
+                agg, ttft = asyncio.run(corral_load(anchor.url, args.model, n, args.tokens, args.rounds,
+                                                    llama_server=True))
+                anchors.append(agg), anchor_ttfts.append(ttft)
+            raws.append(raw_decode(path, n, args.tokens, extra_bufts=True))
+    finally:
+        if anchor:
+            anchor.close()
+    around = [(a + b) / 2 for a, b in zip(raws, raws[1:])]
+    med = statistics.median
+    level = {"concurrency": n, "repeat": args.repeat, "raw_tok_s": [round(r, 1) for r in raws],
+             "raw_no_repack_tok_s": round(raw_decode(path, n, args.tokens, extra_bufts=False), 1),
+             "corral_tok_s": [round(c, 1) for c in corral], "ttft_p50_ms": round(med(ttfts), 1),
+             "ratios": [round(c / r, 3) for c, r in zip(corral, around)]}
+    level["ratio"] = med(level["ratios"])
+    if anchor:
+        level.update(llama_server_tok_s=[round(a, 1) for a in anchors],
+                     llama_server_ttft_p50_ms=round(med(anchor_ttfts), 1),
+                     llama_server_ratios=[round(a / r, 3) for a, r in zip(anchors, around)],
+                     corral_vs_llama_server=round(med(c / a for c, a in zip(corral, anchors)), 3))
+        level["llama_server_ratio"] = med(level["llama_server_ratios"])
+    return level
+
+
+def describe(level: dict) -> str:
+    line = (f"N={level['concurrency']:<3} raw {statistics.median(level['raw_tok_s']):7.1f} tok/s "
+            f"(no repack {level['raw_no_repack_tok_s']:7.1f})  corral {statistics.median(level['corral_tok_s']):7.1f} "
+            f"tok/s  TTFT p50 {level['ttft_p50_ms']:6.1f} ms  ratio {level['ratio']:.3f} {level['ratios']}")
+    if "llama_server_ratio" in level:
+        line += (f"  | llama-server {statistics.median(level['llama_server_tok_s']):7.1f} tok/s  TTFT p50 "
+                 f"{level['llama_server_ttft_p50_ms']:6.1f} ms  ratio {level['llama_server_ratio']:.3f}  "
+                 f"corral/llama-server {level['corral_vs_llama_server']:.3f}")
+    return line
 
 
 def main() -> None:
@@ -149,6 +199,7 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,4")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2, help="requests per client, one after another")
+    ap.add_argument("--repeat", type=int, default=3, help="measurements per level, each between two raw ones")
     ap.add_argument("--asgi", default="uvicorn", choices=["uvicorn", "granian"])
     ap.add_argument("--llama-server", default="", help="path to a llama-server binary: also measure it")
     ap.add_argument("--json", action="store_true")
@@ -160,24 +211,9 @@ def main() -> None:
            "threads": default_threads(), "levels": []}
     with CorralProcess(root, {"OLLAMA_NUM_PARALLEL": str(max(levels)), "CORRAL_ASGI_SERVER": args.asgi}) as server:
         for n in levels:
-            raw = raw_decode(path, n, args.tokens, extra_bufts=True)
-            raw_plain = raw_decode(path, n, args.tokens, extra_bufts=False)
-            agg, ttft = asyncio.run(corral_load(server.url, args.model, n, args.tokens, args.rounds))
-            level = {"concurrency": n, "raw_tok_s": round(raw, 1), "raw_no_repack_tok_s": round(raw_plain, 1),
-                     "corral_tok_s": round(agg, 1), "ttft_p50_ms": round(ttft, 1), "ratio": round(agg / raw, 3)}
-            line = (f"N={n:<3} raw {raw:7.1f} tok/s (no repack {raw_plain:7.1f})  corral {agg:7.1f} tok/s  "
-                    f"TTFT p50 {ttft:6.1f} ms  ratio {agg / raw:.3f}")
-            if args.llama_server:
-                with LlamaServer(args.llama_server, path, n) as anchor:
-                    l_agg, l_ttft = asyncio.run(corral_load(anchor.url, args.model, n, args.tokens, args.rounds,
-                                                            llama_server=True))
-                level.update(llama_server_tok_s=round(l_agg, 1), llama_server_ttft_p50_ms=round(l_ttft, 1),
-                             llama_server_ratio=round(l_agg / raw, 3), corral_vs_llama_server=round(agg / l_agg, 3))
-                line += (f"  | llama-server {l_agg:7.1f} tok/s  TTFT p50 {l_ttft:6.1f} ms  ratio {l_agg / raw:.3f}"
-                         f"  corral/llama-server {agg / l_agg:.3f}")
-            out["levels"].append(level)
+            out["levels"].append(level := measure_level(server, path, n, args))
             if not args.json:
-                print(line, flush=True)
+                print(describe(level), flush=True)
     if args.json:
         print(json.dumps(out))
 
