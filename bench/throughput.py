@@ -104,7 +104,10 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, i: int, n_tokens
 async def corral_load(url: str, model: str, n: int, n_tokens: int, rounds: int,
                       llama_server: bool = False) -> tuple[float, float]:
     """(aggregate tok/s, TTFT p50 ms) for N concurrent streaming clients, `rounds` requests each."""
-    async with httpx.AsyncClient(timeout=600) as client:
+    # a connection per request: llama-server (cpp-httplib) closes a kept-alive connection after a
+    # few requests, and a request racing that close fails with "Server disconnected"
+    no_reuse = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=600, limits=no_reuse) as client:
         await _one(client, url, model, 999, 4, llama_server)  # warm: model loaded, caches touched
 
         async def client_rounds(w: int) -> list[tuple[float, int]]:

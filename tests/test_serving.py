@@ -55,12 +55,28 @@ def test_eight_concurrent_streams_stay_apart(corral_server):
 
 
 def test_seeded_sampling_repeats_exactly(corral_server):
+    """The same seed and prompt alone give the same text every time. A repeat finds its whole prompt
+    in the prefix cache and samples its first token from the logits kept from the earlier run."""
     client = ollama.Client(host=corral_server.url)
     options = {"temperature": 0.9, "seed": 1234, "num_predict": 24}
-    runs = [client.generate("gemma3:270m", "Once upon a time", options=options).response for _ in range(3)]
+    results = [client.generate("gemma3:270m", "Once upon a time", options=options) for _ in range(3)]
+    runs = [r.response for r in results]
     assert runs[0] and runs.count(runs[0]) == 3
+    assert results[2].prompt_eval_count == 0  # nothing computed for the repeat's prompt
     other = client.generate("gemma3:270m", "Once upon a time", options={**options, "seed": 99}).response
     assert other != runs[0]
+
+
+def test_repeat_from_kept_logits_with_grammar_and_logprobs(corral_server):
+    """An exact repeat samples its first token from kept logits: with a grammar (JSON schema) and
+    with logprobs it gives what the first run gave, token for token and logprob for logprob."""
+    body = {"model": "tiny", "prompt": "Give me a number.", "stream": False, "logprobs": True, "top_logprobs": 3,
+            "format": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},
+            "options": {"temperature": 0.7, "seed": 5, "num_predict": 30}}
+    runs = [httpx.post(corral_server.url + "/api/generate", json=body, timeout=60).json() for _ in range(2)]
+    assert runs[1]["prompt_eval_count"] == 0  # the repeat computed nothing before its first token
+    assert isinstance(json.loads(runs[0]["response"])["n"], int)
+    assert runs[1]["response"] == runs[0]["response"] and runs[1]["logprobs"] == runs[0]["logprobs"]
 
 
 def test_utf8_never_split(corral_server):

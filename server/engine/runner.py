@@ -7,6 +7,9 @@ and posts every produced piece to the asyncio loop in one call.
 
 A sequence keeps its tokens in the KV cache after its job ends; the next job is placed in
 the idle sequence sharing the longest prefix with its prompt, and only the rest is computed.
+It also keeps the logits that followed its last prompt: a request repeating that prompt exactly
+samples its first token from them, so it computes nothing and gives the same text (computing the
+last token again, in a batch of another shape, could give other numbers).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from collections.abc import AsyncIterator
 
 import llama_cpp.llama_cpp as C
+import numpy as np
 
 from .job import Done, Event, Failed, Job, Piece, TokenLogprob
 from .llama import LlamaModel, LoadError, context_params, default_threads, new_context
@@ -41,6 +45,7 @@ class _Seq:
     def __init__(self, seq_id: int):
         self.id = seq_id
         self.cache: list[int] = []  # tokens whose KV entries exist, position = index
+        self.saved: tuple[list[int], np.ndarray] | None = None  # (prompt, the logits that followed it)
         self.last_used = 0.0
         self.reset_job()
 
@@ -258,7 +263,11 @@ class Runner:
             C.llama_memory_seq_rm(self.memory, best.id, -1, -1)  # empty unless it ran two jobs meanwhile
             best.cache.clear()
         keep = len(os.path.commonprefix([best.cache, job.tokens])) if self.prefix_cache else 0
-        keep = min(keep, len(job.tokens) - 1)  # the last prompt token is always computed: it gives the logits
+        # all of it cached, and the logits that followed it kept: nothing to compute
+        whole = keep == len(job.tokens) and best.saved is not None and best.saved[0] == job.tokens \
+            and not self.backend_sampling
+        if not whole:
+            keep = min(keep, len(job.tokens) - 1)  # the last prompt token is computed: it gives the logits
         if keep < len(best.cache):
             if not C.llama_memory_seq_rm(self.memory, best.id, keep, -1):
                 C.llama_memory_seq_rm(self.memory, best.id, -1, -1)
@@ -279,6 +288,8 @@ class Runner:
         best.t_admit = time.perf_counter_ns()
         if keep:
             log.info("prefix cache: reusing %d of %d prompt tokens (sequence %d)", keep, len(job.tokens), best.id)
+        if whole:
+            self._sampled(best, best.t_admit, out, logits=best.saved[1])
 
     def _step(self, out: list[tuple[Job, Event]]) -> None:
         for seq in self.seqs:
@@ -292,14 +303,11 @@ class Runner:
                 if len(seq.cache) >= self.n_ctx and not self._shift(seq, out):
                     continue
                 n = self._add(seq, seq.next_token, n, logits=True)
-        # then prompt chunks, as much as the batch holds. The last prompt token always goes alone in
-        # a later step: it is then computed the same way whether the rest came from the cache or not,
-        # so a repeated request gives the same text.
+        # then prompt chunks, as much as the batch holds
         for seq in self.seqs:
             if seq.job is None or seq.generating:
                 continue
-            end = len(seq.prompt) - 1 if seq.fed < len(seq.prompt) - 1 else len(seq.prompt)
-            while seq.fed < end and n < self.n_batch:
+            while seq.fed < len(seq.prompt) and n < self.n_batch:
                 token = seq.prompt[seq.fed]
                 seq.fed += 1
                 n = self._add(seq, token, n, logits=seq.fed == len(seq.prompt))
@@ -350,14 +358,17 @@ class Runner:
         del seq.cache[keep:keep + discard]
         return True
 
-    def _sampled(self, seq: _Seq, now: int, out: list[tuple[Job, Event]]) -> None:
+    def _sampled(self, seq: _Seq, now: int, out: list[tuple[Job, Event]], logits: np.ndarray | None = None) -> None:
+        """Pick the next token from this step's output row (or from `logits` kept earlier)."""
         job = seq.job
-        if seq.on_backend:
+        if seq.on_backend and logits is None:
             token = C.llama_get_sampled_token_ith(self.ctx, seq.out_row)
         else:
-            token = seq.chain.sample(self.ctx, seq.out_row)
+            token = seq.chain.sample(self.ctx, seq.out_row, logits)
         if not seq.generated and seq.t_first == 0:
             seq.t_first = now
+            if logits is None and self.prefix_cache and not seq.on_backend:  # for an exact repeat
+                seq.saved = (seq.prompt, self._row(seq.out_row).copy())
         if (self.model.is_eog(token) and not job.ignore_eos) or token in job.stop_tokens:
             self._finish(seq, "stop", out)
             return
@@ -367,7 +378,7 @@ class Runner:
         text = seq.decoder.decode(raw)
         logprob = top = None
         if job.logprobs >= 0:
-            logprob, top = self._logprobs(seq.out_row, token, job.logprobs)
+            logprob, top = self._logprobs(self._row(seq.out_row) if logits is None else logits, token, job.logprobs)
         stopped = False
         if job.stop:
             text, stopped = self._apply_stops(seq, text)
@@ -393,10 +404,11 @@ class Runner:
         seq.held = held[len(held) - hold:] if hold else ""
         return held[: len(held) - hold], False
 
-    def _logprobs(self, row: int, token: int, top_n: int) -> tuple[TokenLogprob, list[TokenLogprob]]:
-        import numpy as np
+    def _row(self, row: int) -> np.ndarray:
+        """This step's logits for batch row `row` (a view: valid until the next decode)."""
+        return np.ctypeslib.as_array(C.llama_get_logits_ith(self.ctx, row), shape=(self.model.n_vocab,))
 
-        logits = np.ctypeslib.as_array(C.llama_get_logits_ith(self.ctx, row), shape=(self.model.n_vocab,))
+    def _logprobs(self, logits: np.ndarray, token: int, top_n: int) -> tuple[TokenLogprob, list[TokenLogprob]]:
         m = float(logits.max())
         lse = m + math.log(float(np.exp(logits - m).sum()))
 

@@ -63,12 +63,10 @@ class Chain:
         except BaseException:
             self.free()
             raise
-        if self.grammar:
-            self._cand = np.zeros(n_vocab, dtype=_TOKEN_DATA)
-            self._ids = np.arange(n_vocab, dtype=np.int32)
-            self._one = np.zeros(1, dtype=_TOKEN_DATA)
-            self._arr = C.llama_token_data_array()
-            self._one_arr = C.llama_token_data_array()
+        self._cand: np.ndarray | None = None  # candidates for sampling from numpy logits, made on first use
+        self._one = np.zeros(1, dtype=_TOKEN_DATA)
+        self._arr = C.llama_token_data_array()
+        self._one_arr = C.llama_token_data_array()
 
     def feed_history(self, tokens: list[int]) -> None:
         """Let the repeat penalties see the prompt (never the grammar: it must start fresh)."""
@@ -76,20 +74,26 @@ class Chain:
             for t in tokens:
                 C.llama_sampler_accept(self.penalties, t)
 
-    def sample(self, ctx: ctypes.c_void_p, idx: int) -> int:
-        """Pick the next token from output row `idx` and accept it into the chain (and grammar)."""
-        if self.grammar is None:
+    def sample(self, ctx: ctypes.c_void_p, idx: int, logits: np.ndarray | None = None) -> int:
+        """Pick the next token from output row `idx` (or from `logits`, kept from an earlier step)
+        and accept it into the chain (and grammar)."""
+        if self.grammar is None and logits is None:
             return C.llama_sampler_sample(self.ptr, ctx, idx)
-        logits = np.ctypeslib.as_array(C.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
-        token = self._pick(logits, with_grammar=False)
-        if not self._allowed(token):
-            token = self._pick(logits, with_grammar=True)
-        C.llama_sampler_accept(self.grammar, token)
+        if logits is None:
+            logits = np.ctypeslib.as_array(C.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
+        token = self._pick(logits, with_grammar=False)  # what llama_sampler_sample does, on these logits
+        if self.grammar is not None:
+            if not self._allowed(token):
+                token = self._pick(logits, with_grammar=True)
+            C.llama_sampler_accept(self.grammar, token)
         C.llama_sampler_accept(self.ptr, token)
         return token
 
     def _pick(self, logits: np.ndarray, *, with_grammar: bool) -> int:
-        cand = self._cand
+        if self._cand is None:
+            self._cand = np.zeros(self.n_vocab, dtype=_TOKEN_DATA)
+            self._ids = np.arange(self.n_vocab, dtype=np.int32)
+        cand = self._cand  # the chain reorders it in place: refill it every time
         cand["id"] = self._ids
         cand["logit"] = logits
         cand["p"] = 0.0
