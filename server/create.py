@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import modelfile as mfile
-from .api import types as t
+from .api.types import OPTION_TYPES
 from .inference import BadRequest
 from .store import manifest as mf
 from .store.gguf import FILE_TYPES, GGUFError, GGUFInfo, read_info
@@ -50,6 +50,25 @@ PROGRESS_EVERY = 0.5
 
 class CreateError(BadRequest):
     """A create request that cannot be done as asked (400)."""
+
+
+@dataclass
+class CreateSpec:
+    """What a create request asks for, in either of Ollama's forms (fields, or a legacy Modelfile)."""
+
+    name: str
+    from_: str = ""  # a model name, `@sha256:…` or a path on the server
+    files: dict[str, str] = field(default_factory=dict)  # {relative path: "sha256:…"} of uploaded blobs
+    adapters: dict[str, str] = field(default_factory=dict)
+    template: str = ""
+    system: str = ""
+    license: str | list[str] | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[dict] | None = None  # [{"role": …, "content": …}]
+    quantize: str = ""  # q4_K_M | q8_0
+    requires: str = ""  # the Ollama version the model needs
+    modelfile: str = ""  # legacy: the Modelfile text
+    path: str = ""  # legacy: a Modelfile on the server's disk
 
 
 @dataclass
@@ -136,7 +155,7 @@ def _normalize_parameters(params: dict[str, Any]) -> dict[str, Any]:
     for key, value in params.items():
         if value is None or key in mfile.DEPRECATED_PARAMETERS:
             continue
-        kind = t.OPTION_TYPES.get(key)
+        kind = OPTION_TYPES.get(key)
         if kind is None:
             raise CreateError(f"unknown parameter '{key}'")
         if isinstance(value, str) and kind is not list:
@@ -168,9 +187,9 @@ def _license(value: str | list[str] | None) -> list[str] | None:
 # ---- resolving a request --------------------------------------------------------------------
 
 
-async def plan(store: Store, req: t.CreateRequest) -> Plan:
+async def plan(store: Store, req: CreateSpec) -> Plan:
     """Validate a create request (either form) against the store; raise CreateError/404 otherwise."""
-    raw_name = req.model or req.name
+    raw_name = req.name
     if not raw_name:
         raise CreateError("model is required")
     try:
@@ -179,7 +198,7 @@ async def plan(store: Store, req: t.CreateRequest) -> Plan:
         raise CreateError(f"invalid model name {raw_name!r}") from None
 
     p = Plan(name=name)
-    quantize = req.quantize or req.quantization
+    quantize = req.quantize
     if quantize:
         key = quantize.lower()
         if key not in QUANT_TYPES:
@@ -193,7 +212,7 @@ async def plan(store: Store, req: t.CreateRequest) -> Plan:
     system = req.system or None
     license_ = _license(req.license)
     parameters = dict(req.parameters) if req.parameters else None
-    messages = [{"role": m.role, "content": m.content} for m in req.messages] if req.messages else None
+    messages = list(req.messages) if req.messages else None
     base_dir: Path | None = None
     if req.requires:
         if not mfile.SEMVER.match(req.requires):
@@ -333,7 +352,7 @@ def _model_file_type(store: Store, p: Plan) -> str:
 # ---- building the model -------------------------------------------------------------------
 
 
-async def create(store: Store, req: t.CreateRequest, *, threads: int | None = None) -> AsyncIterator[dict]:
+async def create(store: Store, req: CreateSpec, *, threads: int | None = None) -> AsyncIterator[dict]:
     """Validate (before the first item: errors get a status), then build and yield Ollama's progress."""
     p = await plan(store, req)
     async for item in build(store, p, threads=threads):

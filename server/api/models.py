@@ -102,8 +102,13 @@ async def push(request: Request) -> Response | Stream:
 @post("/api/create", status_code=200)
 async def create(request: Request) -> Response | Stream:
     req = await decode(request, t.CreateRequest)
+    spec = creating.CreateSpec(
+        name=req.model or req.name, from_=req.from_, files=dict(req.files or {}), adapters=dict(req.adapters or {}),
+        template=req.template, system=req.system, license=req.license, parameters=req.parameters,
+        messages=[{"role": m.role, "content": m.content} for m in req.messages] if req.messages else None,
+        quantize=req.quantize or req.quantization, requires=req.requires, modelfile=req.modelfile, path=req.path)
     inference = services(request)
-    it = creating.create(inference.store, req, threads=inference.settings.num_threads or None)
+    it = creating.create(inference.store, spec, threads=inference.settings.num_threads or None)
     return await _progress(it, req.stream)
 
 
