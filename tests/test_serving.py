@@ -215,3 +215,25 @@ def test_deterministic_mode_ignores_requests_that_join(store_dir, tmp_path):
         assert together == alone
     finally:
         server.stop()
+
+
+def test_deterministic_mode_keeps_the_prefix_cache(store_dir, tmp_path):
+    """CORRAL_DETERMINISTIC=1 keeps the prefix cache: an answer computed on top of a prefix left in the
+    cache by another request has the same logprobs, bit for bit, as the same answer computed cold."""
+    server = start_server(store_dir, {"CORRAL_DETERMINISTIC": "1", "OLLAMA_NUM_PARALLEL": "2"}, log_dir=tmp_path)
+    client = ollama.Client(host=server.url)
+    options = {"temperature": 0, "num_predict": 16}
+
+    def answer(topic: str) -> list[tuple[str, float]]:
+        r = client.chat("gemma3:270m", [{"role": "user", "content": f"Tell me about {topic}."}], logprobs=True,
+                        options=options)
+        return [(lp.token, lp.logprob) for lp in r.logprobs]
+
+    try:
+        cold = answer("the sea")
+        answer("the moon")  # takes the sea's sequence: its cache now ends "...Tell me about the moon..."
+        again = answer("the sea")  # computes only what follows "Tell me about the" on that cache
+        assert "prefix cache: reusing" in server.log_text()
+        assert len(cold) == 16 and again == cold
+    finally:
+        server.stop()

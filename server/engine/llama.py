@@ -214,11 +214,11 @@ def context_params(
 ) -> "C.llama_context_params":
     """Context settings. `deterministic`: a sequence's numbers never depend on what runs beside it.
 
-    That takes one KV pool shared by all sequences in one micro-batch (per-sequence streams are
-    split into micro-batches whose shapes follow the neighbours) and flash attention on a q8_0
-    cache (for an f16 cache llama.cpp's CPU kernel switches to tiled or split-KV variants by batch
-    and cache size; plain attention sums vector tails that move with the cache size); the Runner
-    also hands out cache cells in increasing order (see there).
+    With per-row matrix kernels (LlamaModel(extra_bufts=False) and batch_invariant_kernels()) that
+    takes flash attention on a q8_0 cache: for an f16 cache llama.cpp's CPU kernel switches to
+    tiled or split-KV variants by batch and cache size, and plain attention sums vector tails that
+    move with the cache size. Each sequence has its own KV stream, so its cells stay in position
+    order and the micro-batches llama.cpp cuts from a mixed batch do not matter.
     """
     params = C.llama_context_default_params()
     params.n_ctx = n_ctx
@@ -228,7 +228,7 @@ def context_params(
     params.n_threads = n_threads
     params.n_threads_batch = n_threads
     params.embeddings = embeddings
-    params.kv_unified = deterministic or embeddings
+    params.kv_unified = embeddings
     params.swa_full = True  # keep whole sliding-window caches so prefixes can be reused
     params.no_perf = True
     quantized = kv_cache_type in ("q8_0", "q4_0")

@@ -88,13 +88,8 @@ class Runner:
     ):
         self.model = model
         self.backend_sampling = backend_sampling
-        # Flash attention sums a sequence's cache cells in cell order, so a deterministic runner must
-        # give every sequence cells in increasing order, as it would get running alone. llama.cpp
-        # fills the lowest free cells first, so it never frees cells while others run: a sequence
-        # starting a job switches to its spare id (its old cells stay, retired) and everything is
-        # cleared when the runner goes idle. Reusing a prefix would break the order: no prefix cache.
         self.deterministic = deterministic
-        self.prefix_cache = prefix_cache and not deterministic
+        self.prefix_cache = prefix_cache
         self.n_ctx = n_ctx
         self.n_parallel = n_parallel
         self.n_batch = max(n_batch, n_parallel)
@@ -102,7 +97,7 @@ class Runner:
         params = context_params(
             n_ctx=n_ctx * n_parallel,
             n_batch=self.n_batch,
-            n_seq_max=2 * n_parallel if deterministic else n_parallel,
+            n_seq_max=n_parallel,
             n_threads=self.n_threads,
             flash_attention=flash_attention,
             kv_cache_type=kv_cache_type,
@@ -190,8 +185,6 @@ class Runner:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                if self.deterministic and not self._pending and not any(s.job for s in self.seqs):
-                    self._clear()
                 while not self._closing and not self._pending and not any(s.job for s in self.seqs):
                     self._wake.wait()
                 if self._closing:
@@ -216,13 +209,6 @@ class Runner:
             out.append((job, Failed("model unloaded")))
             self.active -= 1
         self._post(out)
-
-    def _clear(self) -> None:
-        """Empty the whole cache (deterministic mode, when idle): the next jobs start at cell 0."""
-        if any(s.cache for s in self.seqs):
-            C.llama_memory_clear(self.memory, True)
-            for seq in self.seqs:
-                seq.cache.clear()
 
     def _post(self, out: list[tuple[Job, Event]]) -> None:
         """Hand a step's events to the loop(s) in one call per loop."""
@@ -258,10 +244,6 @@ class Runner:
     def _start(self, job: Job, free: list[_Seq], out: list[tuple[Job, Event]]) -> None:
         # the idle sequence sharing the longest prefix with this prompt; least recently used on ties
         best = max(free, key=lambda s: (len(os.path.commonprefix([s.cache, job.tokens])), -s.last_used))
-        if self.deterministic:  # switch to the spare id; the old cells stay until the runner is idle
-            best.id = (best.id + self.n_parallel) % (2 * self.n_parallel)
-            C.llama_memory_seq_rm(self.memory, best.id, -1, -1)  # empty unless it ran two jobs meanwhile
-            best.cache.clear()
         keep = len(os.path.commonprefix([best.cache, job.tokens])) if self.prefix_cache else 0
         # all of it cached, and the logits that followed it kept: nothing to compute
         whole = keep == len(job.tokens) and best.saved is not None and best.saved[0] == job.tokens \
@@ -315,10 +297,6 @@ class Runner:
             return
         batch.n_tokens = n
         rc = C.llama_decode(self.ctx, batch)
-        if rc == 1 and self.deterministic:  # no room: free the retired cells and try again
-            for seq in self.seqs:
-                C.llama_memory_seq_rm(self.memory, (seq.id + self.n_parallel) % (2 * self.n_parallel), -1, -1)
-            rc = C.llama_decode(self.ctx, batch)
         if rc != 0:
             for seq in self.seqs:
                 if seq.out_row >= 0 or (seq.job is not None and not seq.generating):
