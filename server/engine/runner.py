@@ -88,7 +88,6 @@ class Runner:
     ):
         self.model = model
         self.backend_sampling = backend_sampling
-        self.deterministic = deterministic
         self.prefix_cache = prefix_cache
         self.n_ctx = n_ctx
         self.n_parallel = n_parallel
