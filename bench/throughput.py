@@ -156,15 +156,18 @@ def measure_level(server: CorralProcess, path: str, n: int, args: argparse.Names
     against the mean of the raw figures just before and after it, so the machine's drift between
     phases cancels; the level reports medians over the rounds."""
     anchor = LlamaServer(args.llama_server, path, n) if args.llama_server else None
-    raws, corral, ttfts, anchors, anchor_ttfts = [raw_decode(path, n, args.tokens, extra_bufts=True)], [], [], [], []
+    raws = [raw_decode(path, n, args.tokens, extra_bufts=True)]
+    corral, ttfts, anchors, anchor_ttfts = [], [], [], []
     try:
         for _ in range(args.repeat):
             agg, ttft = asyncio.run(corral_load(server.url, args.model, n, args.tokens, args.rounds))
-            corral.append(agg), ttfts.append(ttft)
+            corral.append(agg)
+            ttfts.append(ttft)
             if anchor:
                 agg, ttft = asyncio.run(corral_load(anchor.url, args.model, n, args.tokens, args.rounds,
                                                     llama_server=True))
-                anchors.append(agg), anchor_ttfts.append(ttft)
+                anchors.append(agg)
+                anchor_ttfts.append(ttft)
             raws.append(raw_decode(path, n, args.tokens, extra_bufts=True))
     finally:
         if anchor:
@@ -214,7 +217,8 @@ def main() -> None:
            "threads": default_threads(), "levels": []}
     with CorralProcess(root, {"OLLAMA_NUM_PARALLEL": str(max(levels)), "CORRAL_ASGI_SERVER": args.asgi}) as server:
         for n in levels:
-            out["levels"].append(level := measure_level(server, path, n, args))
+            level = measure_level(server, path, n, args)
+            out["levels"].append(level)
             if not args.json:
                 print(describe(level), flush=True)
     if args.json:
