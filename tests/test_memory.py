@@ -60,7 +60,9 @@ def test_refuses_what_cannot_fit_and_evicts_idle_models(small_memory_server):
 
 def test_kv_cache_type_and_deterministic_mode(store_dir, tmp_path):
     """CORRAL_DETERMINISTIC serves with a q8_0 cache (f16 where the model's head size forbids it) and
-    gives the same greedy answers alone, four at a time with two waiting, and alone again."""
+    gives the same greedy answers alone, four at a time with two waiting, and alone again (prompts
+    and answers this short stay under the sizes where the f16 flash-attention kernel changes
+    variant: 64 query rows, 512 cache cells)."""
     import asyncio
 
     det = start_server(store_dir, {"CORRAL_DETERMINISTIC": "1"}, log_dir=tmp_path)
@@ -83,7 +85,6 @@ def test_kv_cache_type_and_deterministic_mode(store_dir, tmp_path):
             return solo, list(together), again
 
         solo, together, again = asyncio.run(run())
-        assert all(solo) and len(together) == len(prompts)
-        assert again == solo  # alone again: the same
+        assert all(solo) and together == solo and again == solo
     finally:
         det.stop()

@@ -81,21 +81,21 @@ async def _progress(it: AsyncIterator[dict], stream: bool | None) -> Response | 
 
 @post("/api/pull", status_code=200)
 async def pull(request: Request) -> Response | Stream:
-    req = await decode(request, t.PullRequest)
-    name = req.model or req.name
-    if not name:
-        raise APIError(400, "model is required")
-    it = Registry().pull(services(request).store, name, insecure=req.insecure)
-    return await _progress(it, req.stream)
+    return await _transfer(request, t.PullRequest, Registry.pull)
 
 
 @post("/api/push", status_code=200)
 async def push(request: Request) -> Response | Stream:
-    req = await decode(request, t.PushRequest)
+    return await _transfer(request, t.PushRequest, Registry.push)
+
+
+async def _transfer(request: Request, kind: type[t.PullRequest] | type[t.PushRequest], method) -> Response | Stream:
+    """A pull or a push: the same request fields, the same progress stream."""
+    req = await decode(request, kind)
     name = req.model or req.name
     if not name:
         raise APIError(400, "model is required")
-    it = Registry().push(services(request).store, name, insecure=req.insecure)
+    it = method(Registry(), services(request).store, name, insecure=req.insecure)
     return await _progress(it, req.stream)
 
 

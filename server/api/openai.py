@@ -292,15 +292,24 @@ def _chat_tools(tools: list[o.Tool] | None) -> list[dict] | None:
         return None
     out = []
     for i, tool in enumerate(tools):
-        if tool.type != "function":
-            raise bad(f"unsupported tool type {tool.type!r}: only function tools are supported", f"tools[{i}].type")
-        fn: dict[str, Any] = {"name": tool.function.name}
-        if tool.function.description is not None:
-            fn["description"] = tool.function.description
-        if tool.function.parameters is not None:
-            fn["parameters"] = tool.function.parameters
-        out.append({"type": "function", "function": fn})
+        _check_function_tool(tool.type, i)
+        out.append(_function_tool(tool.function.name, tool.function.description, tool.function.parameters))
     return out
+
+
+def _check_function_tool(kind: str, i: int) -> None:
+    if kind != "function":
+        raise bad(f"unsupported tool type {kind!r}: only function tools are supported", f"tools[{i}].type")
+
+
+def _function_tool(name: str, description: str | None, parameters: Any) -> dict:
+    """A function tool in the form ChatParams takes (Ollama's)."""
+    fn: dict[str, Any] = {"name": name}
+    if description is not None:
+        fn["description"] = description
+    if parameters is not None:
+        fn["parameters"] = parameters
+    return {"type": "function", "function": fn}
 
 
 def _chat_params(req: o.ChatCompletionRequest) -> ChatParams:
@@ -715,16 +724,10 @@ def _responses_tools(tools: list[o.ResponsesTool] | None) -> list[dict] | None:
         return None
     out = []
     for i, tool in enumerate(tools):
-        if tool.type != "function":
-            raise bad(f"unsupported tool type {tool.type!r}: only function tools are supported", f"tools[{i}].type")
+        _check_function_tool(tool.type, i)
         if not tool.name:
             raise bad("function tools need a name", f"tools[{i}].name")
-        fn: dict[str, Any] = {"name": tool.name}
-        if tool.description is not None:
-            fn["description"] = tool.description
-        if tool.parameters is not None:
-            fn["parameters"] = tool.parameters
-        out.append({"type": "function", "function": fn})
+        out.append(_function_tool(tool.name, tool.description, tool.parameters))
     return out
 
 

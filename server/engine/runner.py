@@ -64,6 +64,12 @@ class _Seq:
         self.t_admit = 0
         self.t_first = 0
 
+    def forget(self, start: int, stop: int | None = None) -> None:
+        """Drop cache entries [start, stop); the kept logits go too once their prompt is cut."""
+        del self.cache[start:stop]
+        if self.saved is not None and start < len(self.saved[0]):
+            self.saved = None
+
     @property
     def generating(self) -> bool:
         return self.job is not None and self.fed == len(self.prompt)
@@ -253,7 +259,7 @@ class Runner:
             if not C.llama_memory_seq_rm(self.memory, best.id, keep, -1):
                 C.llama_memory_seq_rm(self.memory, best.id, -1, -1)
                 keep = 0
-            del best.cache[keep:]
+            best.forget(keep)
         try:
             chain = Chain(self.model.vocab, self.model.n_vocab, job.sampling)
         except ValueError as exc:
@@ -300,7 +306,7 @@ class Runner:
             for seq in self.seqs:
                 if seq.out_row >= 0 or (seq.job is not None and not seq.generating):
                     C.llama_memory_seq_rm(self.memory, seq.id, -1, -1)
-                    seq.cache.clear()
+                    seq.forget(0)
                     if seq.job is not None:
                         self._finish_failed(seq, f"llama_decode failed with status {rc}", out)
             return
@@ -332,7 +338,7 @@ class Runner:
         discard = (len(seq.cache) - keep) // 2
         C.llama_memory_seq_rm(self.memory, seq.id, keep, keep + discard)
         C.llama_memory_seq_add(self.memory, seq.id, keep + discard, -1, -discard)
-        del seq.cache[keep:keep + discard]
+        seq.forget(keep, keep + discard)
         return True
 
     def _sampled(self, seq: _Seq, now: int, out: list[tuple[Job, Event]], logits: np.ndarray | None = None) -> None:

@@ -449,14 +449,9 @@ class ToolCallParser:
         body = at + len(marker)
         if marker == HERMES_OPEN:
             return self._try_hermes(buf, at, body, final)
-        j = body
-        while j < len(buf) and buf[j] in _WS:
-            j += 1
-        if j == len(buf):
-            if final:
-                self._bad_end = len(buf)
-                return _BAD
-            return _NEED
+        j = self._skip_ws(buf, body, final)
+        if isinstance(j, str):  # _NEED or _BAD
+            return j
         if buf[j] in "{[":
             res = self._try_json(buf, j, final)
             if res == _BAD:
@@ -467,6 +462,18 @@ class ToolCallParser:
         self._bad_end = body
         return _BAD
 
+    def _skip_ws(self, buf: str, at: int, final: bool) -> int | str:
+        """The first non-blank position from `at`; none yet: _NEED, or _BAD at the end of the output."""
+        j = at
+        while j < len(buf) and buf[j] in _WS:
+            j += 1
+        if j < len(buf):
+            return j
+        if final:
+            self._bad_end = len(buf)
+            return _BAD
+        return _NEED
+
     def _try_hermes(self, buf: str, at: int, body: int, final: bool):
         close = buf.find(HERMES_CLOSE, body)
         if close >= 0:
@@ -476,14 +483,9 @@ class ToolCallParser:
                 self._bad_end = end
                 return _BAD
             return calls, end
-        j = body
-        while j < len(buf) and buf[j] in _WS:
-            j += 1
-        if j == len(buf):
-            if final:
-                self._bad_end = len(buf)
-                return _BAD
-            return _NEED
+        j = self._skip_ws(buf, body, final)
+        if isinstance(j, str):  # _NEED or _BAD
+            return j
         if buf[j] not in "{[":
             self._bad_end = body
             return _BAD
