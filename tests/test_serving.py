@@ -237,3 +237,52 @@ def test_deterministic_mode_keeps_the_prefix_cache(store_dir, tmp_path):
         assert len(cold) == 16 and again == cold
     finally:
         server.stop()
+
+
+def test_idle_sequence_between_running_ones_is_padded(store_dir, tmp_path):
+    """With a KV stream per sequence, running sequences 0, 2 and 3 would cost llama.cpp two passes a
+    step; the runner gives idle sequence 1 a throwaway token instead. Deterministic mode makes the
+    check exact: the padded answers match the answers alone, and the padded sequence's cache, reused
+    by a follow-up turn afterwards, gives that turn's answer bit for bit as before."""
+    server = start_server(store_dir, {"CORRAL_DETERMINISTIC": "1", "OLLAMA_NUM_PARALLEL": "4"}, log_dir=tmp_path)
+    asks = [("the sea", 40), ("a red bicycle", 12), ("winter mornings", 40), ("prime numbers", 40)]
+
+    def turn(topic: str) -> list[dict]:
+        return [{"role": "user", "content": f"Tell me about {topic}."}]
+
+    async def run() -> tuple[list, list, list, list]:
+        client = ollama.AsyncClient(host=server.url)
+
+        async def answer(messages: list[dict], n: int, started: asyncio.Event | None = None):
+            stream = await client.chat("gemma3:270m", messages, stream=True, logprobs=True,
+                                       options={"temperature": 0, "num_predict": n})
+            text, lps = "", []
+            async for part in stream:
+                if started is not None:
+                    started.set()
+                text += part.message.content
+                lps += [(lp.token, lp.logprob) for lp in part.logprobs or []]
+            return text, lps
+
+        alone = [await answer(turn(topic), n) for topic, n in asks]
+        follow_up = turn(asks[1][0]) + [{"role": "assistant", "content": alone[1][0]},
+                                        {"role": "user", "content": "And then?"}]
+        follow_alone = await answer(follow_up, 8)
+        tasks = []
+        for topic, n in asks:  # one by one: the first takes sequence 0 (its prefix), then 1, 2, 3
+            started = asyncio.Event()
+            tasks.append(asyncio.create_task(answer(turn(topic), n, started)))
+            await started.wait()
+        together = [await t for t in tasks]
+        return alone, together, follow_alone, await answer(follow_up, 8)
+
+    try:
+        alone, together, follow_alone, follow_again = asyncio.run(run())
+        assert [len(lps) for _, lps in alone] == [40, 12, 40, 40]
+        assert together == alone
+        metrics = httpx.get(server.url + "/metrics", timeout=10).text
+        padded = [line for line in metrics.splitlines() if line.startswith("corral_padding_tokens_total{")]
+        assert padded and float(padded[0].split()[-1]) >= 20  # sequence 1 padded while the others ran on
+        assert len(follow_alone[1]) == 8 and follow_again == follow_alone
+    finally:
+        server.stop()
