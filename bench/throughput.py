@@ -9,6 +9,8 @@ For each concurrency N, in one run on one model:
   sending `--rounds` requests one after another (2, as ../shared/gpu/loadgen.py does for the
   anchors; `--tokens` tokens each, temperature 0.8, `raw` so the prompt is the same tokens the raw loop
   and llama-server process); aggregate tok/s over wall time, TTFT p50.
+- with `--engine`: the same load on Corral's engine in this process (a Runner, no HTTP), which
+  tells the engine's share of the gap from the HTTP layer's.
 - with `--llama-server PATH`: the same load against llama-server (a binary built from the same
   llama.cpp sources, `-np N`) on its /completion endpoint, the anchor to beat.
 Each level is measured `--repeat` times, each load between two raw measurements: its ratio is
@@ -28,7 +30,9 @@ import time
 import httpx
 import llama_cpp.llama_cpp as C
 
+from server.engine.job import Done, Job, Sampling
 from server.engine.llama import LlamaModel, context_params, default_threads, new_context
+from server.engine.runner import Runner
 
 from .common import PROMPTS, CorralProcess, free_port, gguf_path, model_store
 
@@ -67,6 +71,37 @@ def raw_decode(path: str, n_seq: int, n_tokens: int, extra_bufts: bool) -> float
         C.llama_sampler_free(greedy)
         C.llama_batch_free(batch)
         C.llama_free(ctx)
+        model.close()
+
+
+def engine_load(path: str, n: int, n_tokens: int, rounds: int) -> float:
+    """Aggregate tok/s of the bench's load (N clients, `rounds` requests each, temperature 0.8) on a
+    Runner in this process: Corral's engine without the HTTP layer."""
+    model = LlamaModel(path)
+    runner = Runner(model, n_ctx=4096, n_parallel=n)
+
+    async def one(i: int, count: int) -> int:
+        job = Job(tokens=model.tokenize(PROMPTS[i % len(PROMPTS)] + f" (variant {i})"),
+                  sampling=Sampling(temperature=0.8, seed=i), num_predict=count, ignore_eos=True)
+        async for event in runner.generate(job):
+            if isinstance(event, Done):
+                return event.eval_count
+        return 0
+
+    async def load() -> float:
+        await one(999, 4)
+
+        async def client_rounds(w: int) -> int:
+            return sum([await one(w * 1000 + k, n_tokens) for k in range(rounds)])
+
+        start = time.perf_counter()
+        tokens = sum(await asyncio.gather(*[client_rounds(w) for w in range(n)]))
+        return tokens / (time.perf_counter() - start)
+
+    try:
+        return asyncio.run(load())
+    finally:
+        runner.close()
         model.close()
 
 
@@ -157,12 +192,14 @@ def measure_level(server: CorralProcess, path: str, n: int, args: argparse.Names
     phases cancels; the level reports medians over the rounds."""
     anchor = LlamaServer(args.llama_server, path, n) if args.llama_server else None
     raws = [raw_decode(path, n, args.tokens, extra_bufts=True)]
-    corral, ttfts, anchors, anchor_ttfts = [], [], [], []
+    corral, ttfts, anchors, anchor_ttfts, engine = [], [], [], [], []
     try:
         for _ in range(args.repeat):
             agg, ttft = asyncio.run(corral_load(server.url, args.model, n, args.tokens, args.rounds))
             corral.append(agg)
             ttfts.append(ttft)
+            if args.engine:
+                engine.append(engine_load(path, n, args.tokens, args.rounds))
             if anchor:
                 agg, ttft = asyncio.run(corral_load(anchor.url, args.model, n, args.tokens, args.rounds,
                                                     llama_server=True))
@@ -179,6 +216,9 @@ def measure_level(server: CorralProcess, path: str, n: int, args: argparse.Names
              "corral_tok_s": [round(c, 1) for c in corral], "ttft_p50_ms": round(med(ttfts), 1),
              "ratios": [round(c / r, 3) for c, r in zip(corral, around)]}
     level["ratio"] = med(level["ratios"])
+    if engine:
+        level.update(engine_tok_s=[round(e, 1) for e in engine], engine_ratios=[round(e / r, 3) for e, r in zip(engine, around)])
+        level["engine_ratio"] = med(level["engine_ratios"])
     if anchor:
         level.update(llama_server_tok_s=[round(a, 1) for a in anchors],
                      llama_server_ttft_p50_ms=round(med(anchor_ttfts), 1),
@@ -192,6 +232,8 @@ def describe(level: dict) -> str:
     line = (f"N={level['concurrency']:<3} raw {statistics.median(level['raw_tok_s']):7.1f} tok/s "
             f"(no repack {level['raw_no_repack_tok_s']:7.1f})  corral {statistics.median(level['corral_tok_s']):7.1f} "
             f"tok/s  TTFT p50 {level['ttft_p50_ms']:6.1f} ms  ratio {level['ratio']:.3f} {level['ratios']}")
+    if "engine_ratio" in level:
+        line += f"  | engine in-process {statistics.median(level['engine_tok_s']):7.1f} tok/s  ratio {level['engine_ratio']:.3f}"
     if "llama_server_ratio" in level:
         line += (f"  | llama-server {statistics.median(level['llama_server_tok_s']):7.1f} tok/s  TTFT p50 "
                  f"{level['llama_server_ttft_p50_ms']:6.1f} ms  ratio {level['llama_server_ratio']:.3f}  "
@@ -207,6 +249,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="requests per client, one after another")
     ap.add_argument("--repeat", type=int, default=3, help="measurements per level, each between two raw ones")
     ap.add_argument("--asgi", default="uvicorn", choices=["uvicorn", "granian"])
+    ap.add_argument("--engine", action="store_true", help="also measure the engine in-process, without HTTP")
     ap.add_argument("--llama-server", default="", help="path to a llama-server binary: also measure it")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
