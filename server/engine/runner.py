@@ -346,11 +346,14 @@ class Runner:
         On a GPU a pass costs far more than a token. On a CPU a token costs about as much as a
         pass (measured: 3 running with a hole, 10-15 % faster padded; 2 running with one or two
         holes, 0-20 % slower), so there pads are only added while they are fewer than half the
-        sequences in the step.
+        sequences in the step. A pad attends over its own cache, and a micro-batch's attention
+        spans its longest stream, so an idle sequence holding more than the running ones is not
+        padded: a pad never costs more attention than a running sequence.
         """
         lo, hi = min(counts), max(counts)
+        span = max(len(self.seqs[i].cache) for i in counts)
         pads = {i for i in range(lo, hi + 1)
-                if i not in counts and self.seqs[i].job is None and len(self.seqs[i].cache) < self.n_ctx}
+                if i not in counts and self.seqs[i].job is None and len(self.seqs[i].cache) <= span}
         if not pads or len(pads) > room or (not self.on_gpu and 2 * len(pads) >= len(counts)):
             return set()
         padded = counts | dict.fromkeys(pads, 1)
