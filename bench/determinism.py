@@ -1,12 +1,14 @@
 """How often does a seeded/greedy answer change when other requests run beside it?
 
     python -m bench.determinism --model gemma3:270m [--prompts 20] [--tokens 32] [--parallel 4]
-                                [--stagger-ms 0] [--json]
+                                [--stagger-ms 0] [--mixed-lengths] [--json]
 
 Each prompt is first answered alone (greedy, `--tokens` tokens), then all prompts are sent
 again `--parallel` at a time; the rate is the share of answers that differ from their solo
 run. `--stagger-ms` delays the k-th request of each group by k times that long, so requests
-join while the others are mid-generation (the hardest case for batch-invariant numerics). The real Ollama on a 2-core CPU differs in about 1 of 5 (issue notes); 0 is the goal.
+join while the others are mid-generation (the hardest case for batch-invariant numerics).
+`--mixed-lengths` makes the second request of every group a quarter as long (alone too), so it
+leaves a gap between running sequences that the runner may pad (the count is printed). The real Ollama on a 2-core CPU differs in about 1 of 5 (issue notes); 0 is the goal.
 """
 
 from __future__ import annotations
@@ -34,14 +36,16 @@ async def answer(client: httpx.AsyncClient, url: str, model: str, topic: str, to
     return r.json()["message"]["content"]
 
 
-async def measure(url: str, model: str, n: int, tokens: int, parallel: int, stagger: float) -> dict:
+async def measure(url: str, model: str, n: int, tokens: int, parallel: int, stagger: float,
+                  mixed: bool = False) -> dict:
     topics = (TOPICS * (n // len(TOPICS) + 1))[:n]
+    lengths = [max(1, tokens // 4) if mixed and i % parallel == 1 else tokens for i in range(n)]
     async with httpx.AsyncClient(timeout=600) as client:
-        solo = [await answer(client, url, model, t, tokens) for t in topics]
+        solo = [await answer(client, url, model, t, lengths[i]) for i, t in enumerate(topics)]
         together: list[str] = []
         for i in range(0, n, parallel):
             group = topics[i:i + parallel]
-            together += await asyncio.gather(*[answer(client, url, model, t, tokens, k * stagger)
+            together += await asyncio.gather(*[answer(client, url, model, t, lengths[i + k], k * stagger)
                                                for k, t in enumerate(group)])
     differing = [i for i, (a, b) in enumerate(zip(solo, together)) if a != b]
     differ = len(differing)
@@ -56,6 +60,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--stagger-ms", type=float, default=0.0)
+    ap.add_argument("--mixed-lengths", action="store_true", help="every group's second request a quarter as long")
     ap.add_argument("--deterministic", default="1", help="CORRAL_DETERMINISTIC for the server (1 or 0)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -63,13 +68,18 @@ def main() -> None:
     env = {"OLLAMA_NUM_PARALLEL": str(args.parallel), "CORRAL_DETERMINISTIC": args.deterministic}
     with CorralProcess(root, env) as server:
         result = asyncio.run(measure(server.url, args.model, args.prompts, args.tokens, args.parallel,
-                                   args.stagger_ms / 1000))
+                                   args.stagger_ms / 1000, args.mixed_lengths))
+        # steps where idle sequences between running ones were padded (Runner._pads) ran too
+        metrics = httpx.get(server.url + "/metrics", timeout=10).text
+        result["padding_tokens"] = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                                       if line.startswith("corral_padding_tokens_total{"))
     result["deterministic"] = args.deterministic
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{result['differ']} of {result['prompts']} greedy {args.tokens}-token chats differ under load "
-              f"(parallel {args.parallel}, stagger {args.stagger_ms:g} ms, CORRAL_DETERMINISTIC={args.deterministic}): rate {result['rate']:.2f}")
+              f"(parallel {args.parallel}, stagger {args.stagger_ms:g} ms, CORRAL_DETERMINISTIC={args.deterministic}): rate {result['rate']:.2f}; "
+              f"{result['padding_tokens']:g} padding tokens")
 
 
 if __name__ == "__main__":
