@@ -50,26 +50,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class CorralProcess:
-    """`corral serve` in a subprocess, for measuring over real HTTP."""
+def prompt_for(i: int) -> str:
+    """The i-th request's prompt: one of PROMPTS with a variant number, as ../shared/gpu/loadgen.py makes them."""
+    return PROMPTS[i % len(PROMPTS)] + f" (variant {i})"
 
-    def __init__(self, store_root: Path, env: dict[str, str]):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        full = dict(os.environ, OLLAMA_MODELS=str(store_root), OLLAMA_HOST=f"127.0.0.1:{self.port}",
-                    CORRAL_NO_DEFAULT_MODEL="1", **env)
-        self.log = tempfile.NamedTemporaryFile(prefix="corral-bench-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=ROOT, env=full,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
+
+class ServerProcess:
+    """A server in a subprocess on a free port, ready once `health` answers 200; stopped on exit."""
+
+    def __init__(self, cmd: list[str], port: int, health: str, *, timeout: float = 60, env: dict | None = None,
+                 cwd: Path | None = None, log=subprocess.DEVNULL, what: str = "server"):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
         while time.time() < deadline:
             try:
-                if httpx.get(self.url + "/", timeout=1).status_code == 200:
+                if httpx.get(self.url + health, timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         self.close()
-        raise RuntimeError(f"server did not start; log in {self.log.name}")
+        raise RuntimeError(f"{what} did not start")
 
     def close(self) -> None:
         self.proc.terminate()
@@ -78,8 +81,20 @@ class CorralProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
 
-    def __enter__(self) -> "CorralProcess":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class CorralProcess(ServerProcess):
+    """`corral serve` in a subprocess, for measuring over real HTTP."""
+
+    def __init__(self, store_root: Path, env: dict[str, str]):
+        port = free_port()
+        full = dict(os.environ, OLLAMA_MODELS=str(store_root), OLLAMA_HOST=f"127.0.0.1:{port}",
+                    CORRAL_NO_DEFAULT_MODEL="1", **env)
+        self.log = tempfile.NamedTemporaryFile(prefix="corral-bench-", suffix=".log", delete=False)
+        super().__init__([sys.executable, "-m", "server", "serve"], port, "/", env=full, cwd=ROOT, log=self.log,
+                         what=f"corral serve (log in {self.log.name})")

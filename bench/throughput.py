@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import time
 
 import httpx
@@ -34,7 +33,7 @@ from server.engine.job import Done, Job, Sampling
 from server.engine.llama import LlamaModel, context_params, default_threads, new_context
 from server.engine.runner import Runner
 
-from .common import PROMPTS, CorralProcess, free_port, gguf_path, model_store
+from .common import CorralProcess, ServerProcess, free_port, gguf_path, model_store, prompt_for
 
 
 def raw_decode(path: str, n_seq: int, n_tokens: int, extra_bufts: bool) -> float:
@@ -48,7 +47,7 @@ def raw_decode(path: str, n_seq: int, n_tokens: int, extra_bufts: bool) -> float
     try:
         pos, last = [], []
         for s in range(n_seq):  # prefill each sequence
-            tokens = model.tokenize(PROMPTS[s % len(PROMPTS)] + f" (variant {s})")
+            tokens = model.tokenize(prompt_for(s))
             for i, t in enumerate(tokens):
                 batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = t, i, 1, i == len(tokens) - 1
                 batch.seq_id[i][0] = s
@@ -74,14 +73,14 @@ def raw_decode(path: str, n_seq: int, n_tokens: int, extra_bufts: bool) -> float
         model.close()
 
 
-def engine_load(path: str, n: int, n_tokens: int, rounds: int) -> float:
+def engine_load(path: str, n: int, n_tokens: int, rounds: int, n_parallel: int) -> float:
     """Aggregate tok/s of the bench's load (N clients, `rounds` requests each, temperature 0.8) on a
-    Runner in this process: Corral's engine without the HTTP layer."""
+    Runner with the served model's sequences, in this process: Corral's engine without HTTP."""
     model = LlamaModel(path)
-    runner = Runner(model, n_ctx=4096, n_parallel=n)
+    runner = Runner(model, n_ctx=4096, n_parallel=n_parallel)
 
     async def one(i: int, count: int) -> int:
-        job = Job(tokens=model.tokenize(PROMPTS[i % len(PROMPTS)] + f" (variant {i})"),
+        job = Job(tokens=model.tokenize(prompt_for(i)),
                   sampling=Sampling(temperature=0.8, seed=i), num_predict=count, ignore_eos=True)
         async for event in runner.generate(job):
             if isinstance(event, Done):
@@ -107,7 +106,7 @@ def engine_load(path: str, n: int, n_tokens: int, rounds: int) -> float:
 
 async def _one(client: httpx.AsyncClient, url: str, model: str, i: int, n_tokens: int,
                llama_server: bool = False) -> tuple[float, int]:
-    prompt = PROMPTS[i % len(PROMPTS)] + f" (variant {i})"
+    prompt = prompt_for(i)
     if llama_server:
         path, text_key = "/completion", "content"
         body = {"prompt": prompt, "n_predict": n_tokens, "temperature": 0.8, "seed": i, "ignore_eos": True,
@@ -155,35 +154,14 @@ async def corral_load(url: str, model: str, n: int, n_tokens: int, rounds: int,
     return tokens / wall, 1000 * statistics.median(t for t, _ in results)
 
 
-class LlamaServer:
+class LlamaServer(ServerProcess):
     """llama-server with N slots on the same model and thread count, for the anchor figure."""
 
     def __init__(self, binary: str, model_path: str, n_parallel: int):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [binary, "-m", model_path, "-np", str(n_parallel), "-c", str(4096 * n_parallel), "--port",
-               str(self.port), "-t", str(default_threads()), "--no-webui"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.proc.kill()
-        raise RuntimeError("llama-server did not start")
-
-    def __enter__(self) -> "LlamaServer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(20)
+        port = free_port()
+        super().__init__([binary, "-m", model_path, "-np", str(n_parallel), "-c", str(4096 * n_parallel), "--port",
+                          str(port), "-t", str(default_threads()), "--no-webui"], port, "/health", timeout=120,
+                         what="llama-server")
 
 
 def measure_level(server: CorralProcess, path: str, n: int, args: argparse.Namespace) -> dict:
@@ -199,7 +177,7 @@ def measure_level(server: CorralProcess, path: str, n: int, args: argparse.Names
             corral.append(agg)
             ttfts.append(ttft)
             if args.engine:
-                engine.append(engine_load(path, n, args.tokens, args.rounds))
+                engine.append(engine_load(path, n, args.tokens, args.rounds, args.parallel))
             if anchor:
                 agg, ttft = asyncio.run(corral_load(anchor.url, args.model, n, args.tokens, args.rounds,
                                                     llama_server=True))
@@ -254,11 +232,12 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
+    args.parallel = max(levels)  # the server's sequences (OLLAMA_NUM_PARALLEL), for every level
     root = model_store(args.model)
     path = str(gguf_path(root, args.model))
     out = {"model": args.model, "tokens": args.tokens, "rounds": args.rounds, "asgi": args.asgi,
            "threads": default_threads(), "levels": []}
-    with CorralProcess(root, {"OLLAMA_NUM_PARALLEL": str(max(levels)), "CORRAL_ASGI_SERVER": args.asgi}) as server:
+    with CorralProcess(root, {"OLLAMA_NUM_PARALLEL": str(args.parallel), "CORRAL_ASGI_SERVER": args.asgi}) as server:
         for n in levels:
             level = measure_level(server, path, n, args)
             out["levels"].append(level)

@@ -524,6 +524,9 @@ def test_responses_input_translation_offline():
         {"role": "tool", "content": "42", "tool_call_id": "call_2", "tool_name": "g"},
         {"role": "assistant", "content": "done"},
     ]
+    # a function_call item without call_id or id gets a fresh call id
+    unnamed = oai._responses_messages([{"type": "function_call", "name": "f", "arguments": "{}"}])
+    assert unnamed[0]["tool_calls"][0]["id"].startswith("call_")
     params = oai._responses_params(ot.ResponsesRequest(
         model="m", input="hi", instructions="sys", tool_choice={"type": "function", "name": "f"},
         tools=[ot.ResponsesTool(name="f", description="d", parameters={"type": "object"})],

@@ -122,12 +122,13 @@ def test_disconnect_frees_the_sequence(single_slot_server):
     assert r.status_code == 200 and r.json()["done"] is True
 
 
-def _queued(server) -> float:
+def _metric(server, name: str) -> float:
+    """A /metrics gauge or counter (`name` without "_total"), summed over models."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(server.url + "/metrics", timeout=10).text
-    return sum(sample.value for family in text_string_to_metric_families(text)
-               if family.name == "corral_requests_queued" for sample in family.samples)
+    return sum(sample.value for family in text_string_to_metric_families(text) if family.name == name
+               for sample in family.samples if sample.name in (name, name + "_total"))
 
 
 def test_queue_overflow_gives_503(single_slot_server):
@@ -139,7 +140,7 @@ def test_queue_overflow_gives_503(single_slot_server):
         "model": "tiny", "prompt": "y", "stream": False, "options": {"num_predict": 2, "num_ctx": 256}}, timeout=60))
     waiting.start()
     deadline = time.time() + 30
-    while time.time() < deadline and _queued(single_slot_server) < 1:  # until "y" waits for the sequence
+    while time.time() < deadline and _metric(single_slot_server, "corral_requests_queued") < 1:  # until "y" waits for the sequence
         time.sleep(0.05)
     r = httpx.post(single_slot_server.url + "/api/generate", json={
         "model": "tiny", "prompt": "z", "stream": False, "options": {"num_predict": 2, "num_ctx": 256}}, timeout=30)
@@ -280,9 +281,8 @@ def test_idle_sequence_between_running_ones_is_padded(store_dir, tmp_path):
         alone, together, follow_alone, follow_again = asyncio.run(run())
         assert [len(lps) for _, lps in alone] == [40, 12, 40, 40]
         assert together == alone
-        metrics = httpx.get(server.url + "/metrics", timeout=10).text
-        padded = [line for line in metrics.splitlines() if line.startswith("corral_padding_tokens_total{")]
-        assert padded and float(padded[0].split()[-1]) >= 20  # sequence 1 padded while the others ran on
+        # sequence 1 padded while the others ran on
+        assert _metric(server, "corral_padding_tokens") >= 20
         assert len(follow_alone[1]) == 8 and follow_again == follow_alone
     finally:
         server.stop()

@@ -9,8 +9,9 @@ with the `corral_` prefix and a `model` label (the model's name).
   `corral_padding_tokens_total`: counters from `Runner.stats` (prompt tokens actually computed,
   i.e. not reused from the KV cache, and generated tokens, both of completed requests; decode
   steps, shared by all sequences of a step; throwaway tokens given to idle sequences between
-  running ones so that a step is one pass over the weights, see `Runner._pads`) plus the totals of the model's earlier, unloaded runners
-  (`Scheduler.totals`), so they never go back when a model unloads.
+  running ones so that a step takes fewer passes over the weights, see `Runner._pads`) plus the
+  totals of the model's earlier, unloaded runners (`Scheduler.totals`), so they never go back
+  when a model unloads.
 - `corral_requests_processing`: sequences running a request; `corral_requests_queued`:
   requests waiting for a free sequence.
 - `corral_kv_cache_usage_ratio`: KV cells holding tokens / (num_ctx × parallel sequences);
@@ -41,7 +42,7 @@ COUNTERS = {  # Runner.stats key -> (metric, help)
     "generated_tokens": ("corral_generated_tokens_total", "Tokens generated."),
     "steps": ("corral_decode_steps_total", "llama_decode calls (one batch of all running sequences)."),
     "padding_tokens": ("corral_padding_tokens_total",
-                       "Throwaway tokens given to idle sequences so that a step stays one micro-batch."),
+                       "Throwaway tokens given to idle sequences so that a step takes fewer micro-batches."),
 }
 
 

@@ -685,27 +685,27 @@ def _responses_messages(value: Any) -> list[dict]:
             name = item.get("name")
             if not isinstance(name, str) or not name:
                 raise bad("function_call needs a name", f"{where}.name")
-            call_id = item.get("call_id") or item.get("id") or call_id()
-            names[call_id] = name
+            cid = item.get("call_id") or item.get("id") or call_id()
+            names[cid] = name
             last = out[-1] if out else None
             if last is None or last["role"] != "assistant":
                 last = {"role": "assistant", "content": ""}
                 out.append(last)
             calls = last.setdefault("tool_calls", [])
-            calls.append({"id": call_id, "function": {
+            calls.append({"id": cid, "function": {
                 "name": name, "arguments": _arguments(item.get("arguments"), f"{where}.arguments"),
                 "index": len(calls)}})
             if thinking:
                 last["thinking"], thinking = thinking, ""
         elif kind == "function_call_output":
-            call_id = item.get("call_id") or ""
+            cid = item.get("call_id") or ""
             output = item.get("output")
             text, images = (output, []) if isinstance(output, str) else _responses_content(output, f"{where}.output")
-            msg = {"role": "tool", "content": text, "tool_call_id": call_id}
+            msg = {"role": "tool", "content": text, "tool_call_id": cid}
             if images:
                 msg["images"] = images
-            if names.get(call_id):
-                msg["tool_name"] = names[call_id]
+            if names.get(cid):
+                msg["tool_name"] = names[cid]
             out.append(msg)
         elif kind == "reasoning":
             thinking = _reasoning_text(item)

@@ -129,7 +129,6 @@ class Runner:
         self._piece_buf = ctypes.create_string_buffer(256)
         self.active = 0  # jobs admitted or waiting: the scheduler never unloads a busy runner
         self.stats = {"prompt_tokens": 0, "generated_tokens": 0, "steps": 0, "padding_tokens": 0}
-        self.on_gpu = model.n_gpu_layers > 0
         self.n_ubatch = C.llama_n_ubatch(self.ctx)
         self._thread = threading.Thread(target=self._loop, name="corral-decode", daemon=True)
         self._thread.start()
@@ -350,11 +349,13 @@ class Runner:
         spans its longest stream, so an idle sequence holding more than the running ones is not
         padded: a pad never costs more attention than a running sequence.
         """
-        lo, hi = min(counts), max(counts)
+        gaps = [i for i in range(min(counts), max(counts) + 1) if i not in counts]
+        if not gaps:
+            return set()
         span = max(len(self.seqs[i].cache) for i in counts)
-        pads = {i for i in range(lo, hi + 1)
-                if i not in counts and self.seqs[i].job is None and len(self.seqs[i].cache) <= span}
-        if not pads or len(pads) > room or (not self.on_gpu and 2 * len(pads) >= len(counts)):
+        pads = {i for i in gaps if self.seqs[i].job is None and len(self.seqs[i].cache) <= span}
+        on_gpu = self.model.n_gpu_layers > 0
+        if not pads or len(pads) > room or (not on_gpu and 2 * len(pads) >= len(counts)):
             return set()
         padded = counts | dict.fromkeys(pads, 1)
         return pads if _micro_batches(padded, self.n_ubatch) < _micro_batches(counts, self.n_ubatch) else set()
