@@ -118,6 +118,8 @@ def _api_error(_: Request, exc: APIError) -> Response:
 def _http_error(request: Request, exc: HTTPException) -> Response:
     if isinstance(exc, NotFoundException) and exc.detail in ("Not Found", ""):
         return Response(content=b"404 page not found", status_code=404, media_type="text/plain")
+    if request.url.path.startswith("/v1/"):  # routing errors (405) come before the /v1 router's handlers
+        return openai.http_error(request, exc)
     status = exc.status_code
     message = exc.detail or "error"
     if status == 405:

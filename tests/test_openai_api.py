@@ -258,6 +258,39 @@ def test_request_errors(v1, client):
         client.chat.completions.create(model="no-such-model", messages=HI, stream=True)
     r = httpx.post(v1 + "/completions", json={"model": "tiny", "prompt": [[1, 2, 3]]})
     assert_openai_error(r, 400, "invalid_request_error", "token arrays")
+    # a wrong type names the field it was found in
+    r = httpx.post(v1 + "/chat/completions", json={"model": "tiny", "messages": HI, "temperature": "hot"})
+    assert assert_openai_error(r, 400, "invalid_request_error", "temperature")["param"] == "temperature"
+    # the HTTP method is checked before the /v1 router's handlers: still OpenAI's shape
+    assert_openai_error(httpx.get(v1 + "/chat/completions"), 405, "api_error", "method not allowed")
+    assert_openai_error(httpx.delete(v1 + "/models/tiny"), 405, "api_error")
+    r = httpx.post(v1 + "/completions", json={"model": "tiny", "prompt": "hi", "logprobs": 21})
+    assert assert_openai_error(r, 400, "invalid_request_error", "logprobs")["param"] == "logprobs"
+
+
+@pytest.mark.parametrize("route, field", [("/chat/completions", "max_tokens"),
+                                          ("/chat/completions", "max_completion_tokens"),
+                                          ("/completions", "max_tokens"), ("/responses", "max_output_tokens")])
+@pytest.mark.parametrize("limit", [0, -1])
+def test_token_limit_below_one_is_refused(v1, route, field, limit):
+    """OpenAI refuses a budget below 1; passed on as num_predict it would mean "no limit"."""
+    body = {"model": "tiny", field: limit, "stream": True}
+    body |= {"/chat/completions": {"messages": HI}, "/completions": {"prompt": "hi"},
+             "/responses": {"input": "hi"}}[route]
+    r = httpx.post(v1 + route, json=body, timeout=30)
+    assert assert_openai_error(r, 400, "invalid_request_error", ">= 1")["param"] == field
+
+
+def test_body_that_is_not_utf8(v1, corral_server):
+    """Bytes that are not UTF-8 are replaced, as Ollama's Go decoder does, not a 500."""
+    body = b'{"model": "tiny", "messages": [{"role": "user", "content": "caf\xe9"}], "max_tokens": 2}'
+    r = httpx.post(v1 + "/chat/completions", content=body, headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] <= 2
+    body = b'{"model": "tiny", "prompt": "caf\xe9", "stream": false, "options": {"num_predict": 2}}'
+    r = httpx.post(corral_server.url + "/api/generate", content=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["done"] is True
 
 
 def test_raw_objects_match_openai_models(v1):

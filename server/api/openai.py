@@ -49,16 +49,8 @@ def services(request: Request) -> Inference:
 # ---- errors --------------------------------------------------------------------------------
 
 
-class OpenAIError(APIError):
-    """An error for the client that can name the request field to blame (OpenAI's `param`)."""
-
-    def __init__(self, status: int, message: str, param: str | None = None):
-        super().__init__(status, message)
-        self.param = param
-
-
-def bad(message: str, param: str | None = None) -> OpenAIError:
-    return OpenAIError(400, message, param)
+def bad(message: str, param: str | None = None) -> APIError:
+    return APIError(400, message, param)
 
 
 def error_body(status: int, message: str, param: str | None = None) -> o.ErrorResponse:
@@ -72,10 +64,10 @@ def _error(status: int, message: str, param: str | None = None) -> Response:
 
 
 def _on_api_error(_: Request, exc: APIError) -> Response:
-    return _error(exc.status, exc.message, getattr(exc, "param", None))
+    return _error(exc.status, exc.message, exc.param)
 
 
-def _on_http_error(_: Request, exc: HTTPException) -> Response:
+def http_error(_: Request, exc: HTTPException) -> Response:
     message = "method not allowed" if exc.status_code == 405 else (exc.detail or "error")
     return _error(exc.status_code, message)
 
@@ -470,7 +462,7 @@ async def completions(request: Request) -> Response | Stream:
         raise bad("n and best_of must be 1: one choice is generated per request", "n")
     if req.echo:
         raise bad("echo is not supported", "echo")
-    if req.logprobs is not None and req.logprobs < 0:
+    if req.logprobs is not None and not 0 <= req.logprobs <= 20:
         raise bad("logprobs must be between 0 and 20", "logprobs")
     params = GenerateParams(
         model=req.model, prompt=prompt, suffix=req.suffix or "", raw=bool(req.raw),
@@ -958,6 +950,6 @@ ROUTES = [
     Router(
         path="/v1",
         route_handlers=[chat_completions, completions, embeddings, list_models, retrieve_model, responses],
-        exception_handlers={APIError: _on_api_error, HTTPException: _on_http_error, Exception: _on_unexpected},
+        exception_handlers={APIError: _on_api_error, HTTPException: http_error, Exception: _on_unexpected},
     )
 ]

@@ -15,11 +15,12 @@ Responses omit optional fields that are unset, except where OpenAI's clients exp
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 Json = Any  # an arbitrary JSON value
+TokenLimit = Annotated[int, msgspec.Meta(ge=1)]  # a token budget: OpenAI refuses 0 and below (Ollama's -1 "no limit" is not OpenAI's)
 KeepAlive = float | int | str | None  # seconds or a Go duration; < 0 forever; 0 unload after the request
 
 
@@ -155,8 +156,8 @@ class ChatCompletionRequest(msgspec.Struct):
     messages: list[ChatMessage] | None = None  # at least one
     stream: bool | None = None  # default false
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = None  # → num_predict
-    max_completion_tokens: int | None = None  # → num_predict; wins over max_tokens
+    max_tokens: TokenLimit | None = None  # → num_predict
+    max_completion_tokens: TokenLimit | None = None  # → num_predict; wins over max_tokens
     temperature: float | None = None  # default 1.0 (OpenAI's; Ollama's own default is 0.8)
     top_p: float | None = None  # default 1.0 (OpenAI's; Ollama's own default is 0.9)
     seed: int | None = None
@@ -243,7 +244,7 @@ class CompletionRequest(msgspec.Struct):
     suffix: str | None = None  # fill-in-the-middle: text after the insertion point (needs "insert")
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = None  # → num_predict; unset means the model's limit, not OpenAI's 16
+    max_tokens: TokenLimit | None = None  # → num_predict; unset means the model's limit, not OpenAI's 16
     temperature: float | None = None  # default 1.0
     top_p: float | None = None  # default 1.0
     seed: int | None = None
@@ -383,7 +384,7 @@ class ResponsesRequest(msgspec.Struct):
     stream: bool | None = None
     temperature: float | None = None  # default 1.0
     top_p: float | None = None  # default 1.0
-    max_output_tokens: int | None = None  # → num_predict; hitting it makes the response "incomplete"
+    max_output_tokens: TokenLimit | None = None  # → num_predict; hitting it makes the response "incomplete"
     text: ResponsesText | None = None
     reasoning: Reasoning | None = None  # {effort} → think
     previous_response_id: str | None = None  # refused: nothing is stored

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -19,12 +20,14 @@ _encoder = msgspec.json.Encoder()
 
 
 class APIError(Exception):
-    """An error for the client: an HTTP status and a message."""
+    """An error for the client: an HTTP status, a message and, where one is to blame, the request
+    field (OpenAI's `param`; Ollama's error shape has no place for it)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, param: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.param = param
 
 
 def now() -> str:
@@ -49,11 +52,18 @@ async def decode(request: Request, kind: type[T], *, allow_empty: bool = False) 
             return kind()
         raise APIError(400, "missing request body")
     try:
-        return msgspec.json.decode(body, type=kind)
+        try:
+            return msgspec.json.decode(body, type=kind)
+        except UnicodeDecodeError:  # bytes that are not UTF-8 become U+FFFD, as Go's decoder (Ollama's) makes them
+            return msgspec.json.decode(body.decode("utf-8", errors="replace"), type=kind)
     except msgspec.ValidationError as exc:
-        raise APIError(400, f"invalid request: {exc}") from exc
+        path = _ERROR_PATH.search(str(exc))
+        raise APIError(400, f"invalid request: {exc}", param=path[1] if path else None) from exc
     except msgspec.DecodeError as exc:
         raise APIError(400, f"invalid JSON in request body: {exc}") from exc
+
+
+_ERROR_PATH = re.compile(r"- at `\$\.([^`]+)`$")  # the field msgspec blames: "… - at `$.messages[0].role`"
 
 
 def json_response(obj: Any, status: int = 200) -> Response:
