@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from pathlib import Path
 
 DEFAULT_PORT = 11434
 FOREVER = float("inf")
+MAX_DURATION = 9_223_372_036.0  # seconds: the longest Go time.Duration
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -42,7 +44,10 @@ def parse_duration(value: str | int | float | None, default: float | None = None
             if pos != len(body) or not body:
                 raise ValueError(f'time: invalid duration "{value}"') from None
             seconds = sign * total
-    return FOREVER if seconds < 0 else seconds
+    if math.isnan(seconds):
+        raise ValueError(f'time: invalid duration "{value}"')
+    # negative is forever, and so is anything past what Go's Duration holds (~292 years)
+    return FOREVER if seconds < 0 or seconds > MAX_DURATION else seconds
 
 
 def parse_host(value: str | None) -> tuple[str, int]:

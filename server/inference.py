@@ -6,6 +6,8 @@ Errors are typed exceptions; the API layer turns them into status codes.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,6 +26,8 @@ from .store.gguf import GGUFError
 from .store.names import InvalidName, ModelName
 from .store.store import Store
 from .template.prompt import PromptError, render_chat, render_generate
+
+log = logging.getLogger("corral")
 
 __all__ = [
     "BadRequest", "NotFound", "QueueFull", "ModelLoadError", "Inference", "GenerateParams", "ChatParams",
@@ -48,6 +52,7 @@ class GenerateParams:
     template: str | None = None
     context: list[int] | None = None
     raw: bool = False
+    images: list[str] | None = None
     format: Any = None
     options: dict[str, Any] | None = None
     keep_alive: Any = None
@@ -165,7 +170,12 @@ class Inference:
         except OptionError as exc:
             raise BadRequest(str(exc)) from exc
         num_ctx = opts.num_ctx or self.settings.context_length
-        runner = RunnerOptions(num_ctx=num_ctx, num_gpu=opts.num_gpu, num_batch=opts.num_batch, num_thread=opts.num_thread)
+        trained = model.context_length
+        if trained and num_ctx > trained:
+            log.warning("requested context size too large for model: num_ctx %d, trained %d", num_ctx, trained)
+            num_ctx = trained
+        runner = RunnerOptions(num_ctx=num_ctx, num_gpu=opts.num_gpu, num_batch=min(opts.num_batch, num_ctx),
+                               num_thread=opts.num_thread)
         return Prepared(model=model, options=opts, runner_options=runner, keep_alive=self.keep_alive(keep_alive))
 
     def capabilities(self, model: Model) -> list[str]:
@@ -201,9 +211,12 @@ class Inference:
     def _bos(self, loaded: Loaded) -> str:
         return loaded.llama.token_text(loaded.llama.bos) if loaded.llama.add_bos else ""
 
-    def _tokenize(self, loaded: Loaded, text: str) -> list[int]:
+    def _tokenize(self, loaded: Loaded, text: str, *, first: bool = True) -> list[int]:
+        """Prompt text → tokens; `first=False` for text that continues earlier tokens (no BOS then)."""
         llama = loaded.llama
         bos = llama.token_text(llama.bos) if llama.bos >= 0 else ""
+        if not first:
+            return llama.tokenize(text.removeprefix(bos) if bos else text, add_special=False, parse_special=True)
         # templates usually write the BOS themselves; add it only when the text lacks it
         add = llama.add_bos and not (bos and text.startswith(bos))
         return llama.tokenize(text, add_special=add, parse_special=True)
@@ -219,9 +232,9 @@ class Inference:
 
     def render_chat(self, params: ChatParams, model: Model, bos: str = "") -> str:
         messages = list(model.messages) + params.messages
-        system = model.system
-        if system and not any(m.get("role") == "system" for m in messages):
-            messages.insert(0, {"role": "system", "content": system})
+        # the Modelfile's SYSTEM, unless the request starts with its own (Ollama's rule)
+        if model.system and not (params.messages and params.messages[0].get("role") == "system"):
+            messages.insert(0, {"role": "system", "content": model.system})
         tools = params.tools if _choice(params.tool_choice) != "none" else None
         try:
             return render_chat(model, messages, tools=tools, think=_think_flag(params.think), bos_token=bos)
@@ -256,6 +269,14 @@ class Inference:
             raise BadRequest(f'"{params.model}" does not support thinking')
         if not 0 <= params.top_logprobs <= 20:
             raise BadRequest("top_logprobs must be between 0 and 20")
+        self._check_images(model, bool(params.images))
+
+    def _check_images(self, model: Model, images: bool) -> None:
+        if not images:
+            return
+        if "vision" not in self.capabilities(model):
+            raise BadRequest(f"{model.entry.name.full} does not support vision")
+        raise BadRequest(f"{model.entry.name.full}: image input is not supported by Corral yet")
 
     def _uses_go_fim(self, params: GenerateParams, model: Model) -> bool:
         template = params.template or model.template or ""
@@ -287,8 +308,9 @@ class Inference:
                     raise BadRequest(f"{model.entry.name.full} does not support insert")
                 text = ""
             else:
-                text = self.render_generate(params, model, bos=self._bos(loaded))
-                tokens = list(params.context or []) + self._tokenize(loaded, text)
+                context = self._context(loaded, params.context)
+                text = self.render_generate(params, model, bos="" if context else self._bos(loaded))
+                tokens = context + self._tokenize(loaded, text, first=not context)
             fim = params.suffix and not params.raw
             stop_tokens = self._fim_stops(loaded) if fim else frozenset()
             think = self._thinking(params.think, model)
@@ -296,6 +318,15 @@ class Inference:
             job = self._job(prep, tokens, params, grammar, stop_tokens)
             async for item in self._run(loaded, job, parser, start, load_ns, keep_context=not params.raw):
                 yield item
+
+    def _context(self, loaded: Loaded, context: list[int] | None) -> list[int]:
+        """A previous answer's `context`, checked: a token outside the vocabulary would fail the whole
+        decode step, every request in it included."""
+        n_vocab = loaded.llama.n_vocab
+        for token in context or []:
+            if not 0 <= token < n_vocab:
+                raise BadRequest(f"invalid context: token {token} is not in the model's vocabulary")
+        return list(context or [])
 
     async def chat(self, params: ChatParams) -> AsyncIterator[Delta | Final]:
         model = self.model(params.model)
@@ -317,8 +348,7 @@ class Inference:
         start = time.perf_counter_ns()
         async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
             load_ns = time.perf_counter_ns() - start
-            text = self.render_chat(params, model, bos=self._bos(loaded))
-            tokens = self._tokenize(loaded, text)
+            text, tokens = self._chat_prompt(loaded, params, model, prep.options.num_predict)
             think = self._thinking(params.think, model)
             names = [t["function"]["name"] for t in tools] if tools else None
             parser = ReplyParser(think=think, in_thinking=prompt_opens_thinking(text), tool_format=tool_format,
@@ -326,6 +356,38 @@ class Inference:
             job = self._job(prep, tokens, params, grammar, frozenset())
             async for item in self._run(loaded, job, parser, start, load_ns, keep_context=False):
                 yield item
+
+    def _chat_prompt(self, loaded: Loaded, params: ChatParams, model: Model, num_predict: int) -> tuple[str, list[int]]:
+        """The rendered chat and its tokens. When it is too long for the context (and truncation is on),
+        the oldest messages go first, whole, as in Ollama: system messages and the last message stay,
+        and the template renders what is left. Only a last message too long by itself is cut in tokens
+        (by the runner)."""
+        bos = self._bos(loaded)
+
+        def render(messages: list[dict]) -> tuple[str, list[int]]:
+            text = self.render_chat(dataclasses.replace(params, messages=messages), model, bos=bos)
+            return text, self._tokenize(loaded, text)
+
+        text, tokens = render(params.messages)
+        limit = loaded.runner.prompt_limit(num_predict)
+        if len(tokens) <= limit or not params.truncate or len(params.messages) < 2:
+            return text, tokens
+
+        def kept(start: int) -> list[dict]:
+            return [m for m in params.messages[:start] if m.get("role") == "system"] + params.messages[start:]
+
+        lo, hi = 1, len(params.messages) - 1  # the fewest messages to drop: the count only falls as start grows
+        best = render(kept(hi))  # always the rendering of kept(hi)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            attempt = render(kept(mid))
+            if len(attempt[1]) <= limit:
+                hi, best = mid, attempt
+            else:
+                lo = mid + 1
+        log.info("chat too long for the context: dropped the %d oldest non-system messages (%d -> %d tokens)",
+                 sum(1 for m in params.messages[:hi] if m.get("role") != "system"), len(tokens), len(best[1]))
+        return best
 
     async def infill(self, name: str, prefix: str, suffix: str, *, extra: list[tuple[str, str]] | None = None,
                      middle: str = "", options: dict | None = None, keep_alive: Any = None
@@ -390,20 +452,10 @@ class Inference:
             raise BadRequest(f'"{params.model}" does not support thinking')
         if not 0 <= params.top_logprobs <= 20:
             raise BadRequest("top_logprobs must be between 0 and 20")
-        call_ids: set[str] = set()
-        calls_seen = False
-        for m in params.messages:
-            role = m.get("role")
-            if role not in ("system", "user", "assistant", "tool"):
-                raise BadRequest(f"invalid message role: {role!r}")
-            if role == "assistant" and m.get("tool_calls"):
-                calls_seen = True
-                call_ids.update(c.get("id") for c in m["tool_calls"] if c.get("id"))
-            if role == "tool":
-                if not calls_seen:
-                    raise BadRequest("a tool message must follow an assistant message with tool_calls")
-                if m.get("tool_call_id") and call_ids and m["tool_call_id"] not in call_ids:
-                    raise BadRequest(f"tool message answers unknown tool_call_id {m['tool_call_id']!r}")
+        for m in params.messages:  # other roles go to the template as they are, as in Ollama
+            if not m.get("role"):
+                raise BadRequest("invalid message role: a message needs a role")
+        self._check_images(model, any(m.get("images") for m in params.messages))
 
     async def render_chat_only(self, params: ChatParams) -> str:
         model = self.model(params.model)

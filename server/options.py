@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +33,8 @@ def _check(key: str, value: Any, kind: type) -> Any:
             raise OptionError(f"option {key!r} must be a number, got {type(value).__name__}")
         return float(value)
     if kind is int:
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+        if isinstance(value, float) and math.isfinite(value):
+            return int(value)  # truncated, as Ollama's int64(float64) does
         if isinstance(value, bool) or not isinstance(value, int):
             raise OptionError(f"option {key!r} must be an integer, got {type(value).__name__}")
         return value

@@ -207,3 +207,93 @@ def test_ndjson_wire_format(corral_server):
     for key in ("total_duration", "load_duration", "prompt_eval_count", "eval_count", "eval_duration"):
         assert isinstance(lines[-1][key], int)
     assert all(line["model"] == "tiny" for line in lines)
+
+
+def test_context_continuation_has_one_bos(client):
+    """`context` already starts with the BOS: the continuation adds none in the middle."""
+    first = client.generate("tiny", "hello there", options={"num_predict": 3, "temperature": 0})
+    second = client.generate("tiny", "more", context=first.context, options={"num_predict": 3, "temperature": 0})
+    bos = first.context[0]
+    assert second.context[:len(first.context)] == first.context
+    assert second.context.count(bos) == 1
+
+
+def _render(corral_server, messages, model="tiny") -> str:
+    r = httpx.post(corral_server.url + "/api/chat", json={"model": model, "messages": messages,
+                                                        "_debug_render_only": True}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["_debug_info"]["rendered_template"]
+
+
+def test_modelfile_system_unless_the_chat_starts_with_one(client, corral_server):
+    """Ollama's rule: the model's SYSTEM goes first unless messages[0] is a system message."""
+    client.create(model="brief", from_="tiny", system="Be brief.", stream=False)
+    try:
+        later = _render(corral_server, [{"role": "user", "content": "a"}, {"role": "system", "content": "Mine."},
+                                        {"role": "user", "content": "b"}], model="brief")
+        assert "Be brief." in later and "Mine." in later
+        first = _render(corral_server, [{"role": "system", "content": "Mine."}, {"role": "user", "content": "b"}],
+                        model="brief")
+        assert "Be brief." not in first and "Mine." in first
+    finally:
+        client.delete("brief")
+
+
+def test_roles_are_lower_cased_and_developer_is_system(corral_server):
+    prompt = _render(corral_server, [{"role": "Developer", "content": "rules"}, {"role": "USER", "content": "hi"}])
+    assert "<|start_header_id|>system<|end_header_id|>\n\nrules" in prompt
+    assert "<|start_header_id|>user<|end_header_id|>\n\nhi" in prompt
+
+
+def test_tool_result_without_a_call_is_rendered(corral_server):
+    """Ollama's /api/chat leaves message order to the template (trimmed agent histories start with tool results)."""
+    prompt = _render(corral_server, [{"role": "tool", "content": "42"}, {"role": "user", "content": "and?"}])
+    assert "42" in prompt
+
+
+def test_num_ctx_is_capped_at_the_trained_length(client):
+    """tiny was trained for 4096 tokens: asking for more loads 4096, as Ollama does."""
+    client.generate("tiny", "", options={"num_ctx": 8192})
+    assert [m.context_length for m in client.ps().models if m.model == "tiny:latest"] == [4096]
+
+
+def test_open_ended_generation_is_bounded(client):
+    """Without num_predict a generation ends after 10 x num_ctx tokens (Ollama's bound), even with the
+    context shifting forever."""
+    r = client.generate("tiny", "x", options={"num_ctx": 16, "ignore_eos": True, "temperature": 0})
+    assert r.done_reason == "length" and r.eval_count == 160
+    client.generate("tiny", "", options={"num_ctx": 4096})  # back to the shared server's usual context
+
+
+def test_long_chat_drops_whole_old_messages(store_dir, model_files):
+    """A chat too long for the context loses its oldest turns, whole; the system prompt and the last
+    message stay (in-process, on the engine's real tokenizer)."""
+    from types import SimpleNamespace
+
+    from server.config import Settings
+    from server.engine.llama import LlamaModel
+    from server.inference import ChatParams, Inference
+    from server.store.store import Store
+
+    store = Store(store_dir)
+    inference = Inference(Settings.from_env(), store, scheduler=None)
+    model = inference.model("tiny")
+    llama = LlamaModel(model_files["tiny"])
+    try:
+        loaded = SimpleNamespace(llama=llama, runner=SimpleNamespace(prompt_limit=lambda num_predict: 200))
+        messages = [{"role": "system", "content": "SYSTEM-RULES " * 10}]
+        for i in range(30):
+            messages += [{"role": "user", "content": f"question {i} " * 5}, {"role": "assistant", "content": f"answer {i}"}]
+        messages.append({"role": "user", "content": "LAST-QUESTION"})
+        text, tokens = inference._chat_prompt(loaded, ChatParams(model="tiny", messages=messages), model, -1)
+        assert len(tokens) <= 200
+        assert text.count("SYSTEM-RULES") == 10 and "LAST-QUESTION" in text
+        assert "question 0 " not in text and "answer 29" in text
+        # each turn is whole: every header but the generation prompt's has its end
+        assert text.count("<|start_header_id|>") == text.count("<|eot_id|>") + 1
+        # short enough already: unchanged
+        short = messages[:1] + messages[-1:]
+        assert inference._chat_prompt(loaded, ChatParams(model="tiny", messages=short), model, -1)[0] == \
+            inference.render_chat(ChatParams(model="tiny", messages=short), model)
+    finally:
+        llama.close()

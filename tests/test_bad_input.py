@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import threading
+
 import httpx
 import ollama
 import pytest
@@ -37,7 +40,22 @@ def test_wrong_field_types(corral_server):
     assert_error(post(corral_server, "/api/generate", json={"model": "tiny", "prompt": "x",
                                                             "options": {"temperature": "hot"}}), 400, "temperature")
     assert_error(post(corral_server, "/api/generate", json={"model": "tiny", "prompt": "x",
-                                                            "options": {"num_predict": 1.5}}), 400, "num_predict")
+                                                            "options": {"num_predict": "2"}}), 400, "num_predict")
+
+
+def test_go_decoding_leniency(corral_server):
+    """What Ollama's Go decoder accepts is accepted: nulls mean "not sent", an integer option given as
+    1.9 is truncated to 1, a role is lower-cased."""
+    r = post(corral_server, "/api/generate", json={"model": "tiny", "prompt": "x", "system": None, "template": None,
+                                                   "suffix": None, "raw": None, "stream": False,
+                                                   "options": {"num_predict": 1.9, "temperature": None}})
+    assert r.status_code == 200 and r.json()["eval_count"] == 1, r.text
+    messages = [{"role": "User", "content": "weather?", "images": None},
+                {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": {}}}]},
+                {"role": "tool", "content": "sunny", "tool_name": None}]
+    r = post(corral_server, "/api/chat", json={"model": "tiny", "messages": messages, "stream": False,
+                                               "format": None, "think": None, "options": {"num_predict": 1}})
+    assert r.status_code == 200 and r.json()["done"] is True, r.text
 
 
 def test_unknown_options_are_ignored(corral_server):
@@ -138,3 +156,56 @@ def test_corrupt_model_files(broken_server):
     # the server keeps serving
     assert client.generate("tiny", "hello", options={"num_predict": 2}).done
     assert [m.model for m in client.ps().models] == ["tiny:latest"]
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN"])
+def test_keep_alive_not_a_number(corral_server, value):
+    assert_error(post(corral_server, "/api/generate", json={"model": "tiny", "prompt": "", "keep_alive": value}),
+                 400, "invalid duration")
+
+
+def test_keep_alive_beyond_go_durations_is_forever(corral_server):
+    """1e12 s is past what Go's Duration holds: forever, and /api/ps still answers."""
+    r = post(corral_server, "/api/generate", json={"model": "tiny", "prompt": "", "keep_alive": 1e12})
+    assert r.status_code == 200 and r.json()["done_reason"] == "load"
+    ps = httpx.get(corral_server.url + "/api/ps", timeout=10)
+    assert ps.status_code == 200, ps.text
+    assert [m["expires_at"][:2] for m in ps.json()["models"] if m["model"] == "tiny:latest"] == ["23"]  # ~292 years on
+    post(corral_server, "/api/generate", json={"model": "tiny", "prompt": "", "keep_alive": "5m"})
+
+
+def test_context_outside_the_vocabulary(corral_server):
+    """A bad `context` is the offender's 400; a stream running beside it is not touched."""
+    body = {"model": "tiny", "prompt": "count", "options": {"num_predict": 60, "ignore_eos": True}}
+    lines: list[dict] = []
+
+    def stream() -> None:
+        with httpx.stream("POST", corral_server.url + "/api/generate", json=body, timeout=120) as r:
+            lines.extend(json.loads(line) for line in r.iter_lines() if line)
+
+    other = threading.Thread(target=stream)
+    other.start()
+    for bad in ([999_999_999], [-5], [1, 2, 128_256]):
+        r = post(corral_server, "/api/generate", json={"model": "tiny", "prompt": "hi", "context": bad})
+        assert_error(r, 400, "invalid context")
+    other.join()
+    assert lines[-1]["done"] is True and lines[-1]["eval_count"] == 60 and "error" not in lines[-1]
+
+
+def test_images_on_a_model_without_vision(corral_server):
+    image = "iVBORw0KGgo="  # a PNG signature, base64
+    r = post(corral_server, "/api/generate", json={"model": "tiny", "prompt": "what is this?", "images": [image]})
+    assert_error(r, 400, "does not support vision")
+    r = post(corral_server, "/api/chat", json={"model": "tiny", "messages": [
+        {"role": "user", "content": "what is this?", "images": [image]}]})
+    assert_error(r, 400, "does not support vision")
+    r = post(corral_server, "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + image}}]}]})
+    assert r.status_code == 400 and "does not support vision" in r.json()["error"]["message"], r.text
+
+
+def test_embed_input_forms(corral_server):
+    r = post(corral_server, "/api/embed", json={"model": "tiny", "input": ""})
+    assert r.status_code == 200 and r.json()["embeddings"] == []
+    for bad in (5, [1, 2], {"text": "x"}, ["a", None]):
+        assert_error(post(corral_server, "/api/embed", json={"model": "tiny", "input": bad}), 400, "invalid input type")

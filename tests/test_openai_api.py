@@ -264,6 +264,14 @@ def test_request_errors(v1, client):
     # the HTTP method is checked before the /v1 router's handlers: still OpenAI's shape
     assert_openai_error(httpx.get(v1 + "/chat/completions"), 405, "api_error", "method not allowed")
     assert_openai_error(httpx.delete(v1 + "/models/tiny"), 405, "api_error")
+    # OpenAI's rule, not Ollama's: a tool result answers an earlier call
+    r = httpx.post(v1 + "/chat/completions", json={"model": "tiny", "messages": [
+        {"role": "tool", "content": "42", "tool_call_id": "call_1"}]})
+    assert assert_openai_error(r, 400, "invalid_request_error", "must follow")["param"] == "messages[0]"
+    r = httpx.post(v1 + "/responses", json={"model": "tiny", "input": [
+        {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_2", "output": "42"}]})
+    assert assert_openai_error(r, 400, "invalid_request_error", "unknown tool_call_id")["param"] == "input"
     r = httpx.post(v1 + "/completions", json={"model": "tiny", "prompt": "hi", "logprobs": 21})
     assert assert_openai_error(r, 400, "invalid_request_error", "logprobs")["param"] == "logprobs"
 

@@ -107,6 +107,7 @@ def test_vocabulary_is_read_once_per_blob(server, monkeypatch):
 def test_tools_rendered_into_prompt(server):
     r = chat(server, model="tooly", messages=[{"role": "user", "content": "weather in Paris?"}], tools=[WEATHER],
              _debug_render_only=True)
+    assert r.status_code == 200, r.text
     prompt = r.json()["_debug_info"]["rendered_template"]
     assert '"name": "get_weather"' in prompt and prompt.endswith("<|im_start|>assistant\n")
 
@@ -164,7 +165,6 @@ def test_tool_results_round_trip(server):
                                                                              "properties": []}}}]}, "invalid tools"),
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "not among the tools"),
     ({"tools": [WEATHER], "tool_choice": "sometimes"}, "invalid tool_choice"),
-    ({"messages": [{"role": "tool", "content": "42"}]}, "must follow an assistant message with tool_calls"),
 ])
 def test_tool_bad_input(server, body, fragment):
     full = {"model": "tooly", "messages": [{"role": "user", "content": "x"}], **body}

@@ -10,7 +10,7 @@ from litestar import Request, Response, delete, get, post, route
 from litestar.response import Stream
 
 from .. import __version__, modelfile
-from ..config import FOREVER
+from ..config import FOREVER, MAX_DURATION
 from ..inference import ChatParams, Delta, Final, GenerateParams, Inference, collect
 from ..store.gguf import read_info
 from ..store.model import Model
@@ -18,7 +18,6 @@ from . import types as t
 from .errors import raise_for
 from .wire import APIError, decode, first_item, json_response, ndjson, now, rfc3339, until_complete
 
-FAR_FUTURE = 9_223_372_036.0  # what Go reports for "forever": ~292 years ahead
 
 
 def services(request: Request) -> Inference:
@@ -92,7 +91,7 @@ async def generate(request: Request) -> Response | Stream:
     inference = services(request)
     params = GenerateParams(
         model=req.model, prompt=req.prompt, suffix=req.suffix, system=req.system or None,
-        template=req.template or None, context=req.context, raw=req.raw, format=req.format,
+        template=req.template or None, context=req.context, raw=req.raw, images=req.images, format=req.format,
         options=req.options, keep_alive=req.keep_alive, think=req.think,
         truncate=req.truncate is not False, shift=req.shift is not False,
         logprobs=req.logprobs, top_logprobs=req.top_logprobs,
@@ -186,7 +185,8 @@ async def _mapped(it: AsyncIterator[Any], wire: Any) -> AsyncIterator[Any]:
 
 
 def _message_dict(m: t.Message) -> dict:
-    out: dict[str, Any] = {"role": m.role, "content": m.content or ""}
+    role = m.role.lower()  # as Ollama's Message decoder does
+    out: dict[str, Any] = {"role": "system" if role == "developer" else role, "content": m.content or ""}
     if m.thinking:
         out["thinking"] = m.thinking
     if m.images:
@@ -214,7 +214,12 @@ def _tool_dict(tool: t.Tool) -> dict:
 async def embed(request: Request) -> Response:
     req = await decode(request, t.EmbedRequest)
     inference = services(request)
-    inputs = [req.input] if isinstance(req.input, str) else list(req.input or [])
+    if isinstance(req.input, str):
+        inputs = [req.input] if req.input else []
+    elif req.input is None or (isinstance(req.input, list) and all(isinstance(x, str) for x in req.input)):
+        inputs = list(req.input or [])
+    else:
+        raise APIError(400, "invalid input type")
     start = time.perf_counter_ns()
     if not inputs:
         try:
@@ -327,7 +332,7 @@ async def ps(request: Request) -> Response:
             t.ProcessModel(
                 name=loaded.model.name, model=loaded.model.name, size=loaded.size, digest=loaded.model.digest,
                 details=_details(loaded.model),
-                expires_at=rfc3339(time.time() + FAR_FUTURE if expires == FOREVER else expires),
+                expires_at=rfc3339(time.time() + MAX_DURATION if expires == FOREVER else expires),
                 size_vram=loaded.size_vram, context_length=loaded.options.num_ctx,
             )
         )

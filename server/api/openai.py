@@ -276,7 +276,25 @@ def _chat_messages(messages: list[o.ChatMessage]) -> list[dict]:
             if name:
                 msg["tool_name"] = name
         out.append(msg)
+    _check_tool_results(out, "messages", one_per_message=True)
     return out
+
+
+def _check_tool_results(messages: list[dict], param: str, *, one_per_message: bool) -> None:
+    """OpenAI's rule (Ollama's own API has none): a tool result answers a call made earlier.
+    `one_per_message`: messages[i] came from param[i], so the error can point at it."""
+    call_ids: set[str] = set()
+    calls_seen = False
+    for i, m in enumerate(messages):
+        where = f"{param}[{i}]" if one_per_message else param
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            calls_seen = True
+            call_ids.update(c["id"] for c in m["tool_calls"] if c.get("id"))
+        elif m["role"] == "tool":
+            if not calls_seen:
+                raise bad("a tool message must follow an assistant message with tool_calls", where)
+            if m.get("tool_call_id") and call_ids and m["tool_call_id"] not in call_ids:
+                raise bad(f"tool message answers unknown tool_call_id {m['tool_call_id']!r}", where)
 
 
 def _chat_tools(tools: list[o.Tool] | None) -> list[dict] | None:
@@ -708,6 +726,7 @@ def _responses_messages(value: Any) -> list[dict]:
             raise bad("input item is missing its 'type'", f"{where}.type")
         else:
             raise bad(f"unknown input item type {kind!r}", f"{where}.type")
+    _check_tool_results(out, "input", one_per_message=False)
     return out  # reasoning with no assistant turn after it is dropped
 
 

@@ -166,7 +166,7 @@ class DebugRenderResponse(msgspec.Struct):
 
 class EmbedRequest(msgspec.Struct):
     model: str = ""
-    input: str | list[str] | None = None
+    input: Json = None  # a string or a list of strings (else 400 "invalid input type"); "" embeds nothing
     truncate: bool | None = None
     dimensions: int | None = None
     options: dict[str, Any] | None = None

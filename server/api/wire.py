@@ -53,14 +53,28 @@ async def decode(request: Request, kind: type[T], *, allow_empty: bool = False) 
         raise APIError(400, "missing request body")
     try:
         try:
-            return msgspec.json.decode(body, type=kind)
+            obj = msgspec.json.decode(body)
         except UnicodeDecodeError:  # bytes that are not UTF-8 become U+FFFD, as Go's decoder (Ollama's) makes them
-            return msgspec.json.decode(body.decode("utf-8", errors="replace"), type=kind)
+            obj = msgspec.json.decode(body.decode("utf-8", errors="replace"))
+        return msgspec.convert(_without_nulls(obj), type=kind)
     except msgspec.ValidationError as exc:
         path = _ERROR_PATH.search(str(exc))
         raise APIError(400, f"invalid request: {exc}", param=path[1] if path else None) from exc
     except msgspec.DecodeError as exc:
         raise APIError(400, f"invalid JSON in request body: {exc}") from exc
+
+
+def _without_nulls(obj: Any) -> Any:
+    """A field sent as null is a field not sent (Go leaves it at its zero value), at the top level and in
+    `messages` (clients send `"content": null` beside tool calls). Free-form values (options, schemas,
+    tool arguments) keep their nulls."""
+    if not isinstance(obj, dict):
+        return obj
+    out = {k: v for k, v in obj.items() if v is not None}
+    if isinstance(out.get("messages"), list):
+        out["messages"] = [{k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m
+                           for m in out["messages"]]
+    return out
 
 
 _ERROR_PATH = re.compile(r"- at `\$\.([^`]+)`$")  # the field msgspec blames: "… - at `$.messages[0].role`"

@@ -37,6 +37,11 @@ from .sampling import Chain
 log = logging.getLogger("corral.engine")
 
 
+# a job without num_predict ends after this many contexts' worth of tokens (Ollama's bound), so that a
+# model looping with context shift on cannot hold a sequence forever
+OPEN_ENDED_LIMIT = 10
+
+
 class ContextLengthError(ValueError):
     """The prompt does not fit the context and truncation was turned off."""
 
@@ -135,11 +140,15 @@ class Runner:
 
     # ---- public API (called from the asyncio loop) -------------------------------------
 
+    def prompt_limit(self, num_predict: int) -> int:
+        """The longest prompt a job may bring: room for num_predict tokens, but at least half the context."""
+        if num_predict > 0:
+            return max(self.n_ctx // 2, self.n_ctx - num_predict)
+        return self.n_ctx - 1
+
     def fit(self, job: Job) -> None:
         """Make the prompt fit the context: truncate (keeping num_keep) or refuse."""
-        limit = self.n_ctx - 1
-        if job.num_predict > 0:
-            limit = max(self.n_ctx // 2, self.n_ctx - job.num_predict)
+        limit = self.prompt_limit(job.num_predict)
         if len(job.tokens) <= limit:
             return
         if not job.truncate:
@@ -413,7 +422,7 @@ class Runner:
         out.append((job, Piece(text, token, logprob, top)))
         if stopped:
             self._finish(seq, "stop", out)
-        elif 0 < job.num_predict <= len(seq.generated):
+        elif 0 < job.num_predict <= len(seq.generated) or len(seq.generated) >= OPEN_ENDED_LIMIT * self.n_ctx:
             self._finish(seq, "length", out)
 
     def _apply_stops(self, seq: _Seq, text: str) -> tuple[str, bool]:
