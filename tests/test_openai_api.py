@@ -208,10 +208,12 @@ def test_message_shapes_are_translated(v1):
             {"id": "call_abc", "type": "function",
              "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
         {"role": "tool", "tool_call_id": "call_abc", "content": "sunny, 21C"},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot say."}]},
     ]
     r = httpx.post(v1 + "/chat/completions", json={"model": "tiny", "messages": messages, "_debug_render_only": True})
     assert r.status_code == 200, r.text
     rendered = r.json()["_debug_info"]["rendered_template"]
+    assert "<|start_header_id|>assistant<|end_header_id|>\n\nI cannot say." in rendered
     assert "<|start_header_id|>system<|end_header_id|>\n\nBe terse." in rendered
     assert "first part\nsecond part" in rendered
     assert "<|start_header_id|>tool<|end_header_id|>\n\nsunny, 21C" in rendered

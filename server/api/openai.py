@@ -240,6 +240,8 @@ def _parts(content: str | list[o.ContentPart] | None, param: str) -> tuple[str, 
     for k, part in enumerate(content):
         if isinstance(part, o.TextPart):
             texts.append(part.text)
+        elif isinstance(part, o.RefusalPart):
+            texts.append(part.refusal)
         else:
             url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
             images.append(_image(url, f"{param}[{k}].image_url"))

@@ -115,7 +115,13 @@ class ImagePart(msgspec.Struct, tag="image_url", tag_field="type"):
     image_url: ImageURL | str  # the object form, or the bare URL some clients send
 
 
-ContentPart = TextPart | ImagePart
+class RefusalPart(msgspec.Struct, tag="refusal", tag_field="type"):
+    """On an assistant message in the history: the model declined; its text goes in as content."""
+
+    refusal: str
+
+
+ContentPart = TextPart | ImagePart | RefusalPart
 
 
 class ChatMessage(msgspec.Struct):
