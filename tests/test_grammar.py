@@ -223,6 +223,8 @@ _FORMATS["date-time"] = _FORMATS["date"] + "T" + _FORMATS["time"]
 
 
 def _type_ok(v, t):
+    if t not in ("object", "array", "string", "boolean", "null", "integer", "number"):
+        return True  # an unknown type allows any value
     return {
         "object": isinstance(v, dict), "array": isinstance(v, list), "string": isinstance(v, str),
         "boolean": isinstance(v, bool), "null": v is None,
@@ -266,6 +268,7 @@ def validate(v, s, root=None):
         assert v == s["const"], f"{v!r} != const"
     if isinstance(v, dict):
         props = s.get("properties", {})
+        patterns = s.get("patternProperties", {})
         for r in s.get("required", []):
             assert r in v, f"missing required {r!r}"
         addl = s.get("additionalProperties", True)  # JSON Schema's default (the grammar is stricter)
@@ -273,9 +276,12 @@ def validate(v, s, root=None):
         declared = [k for k in props if k in v]
         assert [k for k in keys if k in props] == declared, "properties out of schema order"
         for k, val in v.items():
+            matched = [ps for pat, ps in patterns.items() if re.search(pat, k)]
+            for ps in matched:
+                validate(val, ps, root)
             if k in props:
                 validate(val, props[k], root)
-            else:
+            elif not matched:
                 assert addl is not False, f"extra property {k!r}"
                 if isinstance(addl, dict):
                     validate(val, addl, root)
@@ -293,8 +299,10 @@ def validate(v, s, root=None):
     if isinstance(v, str):
         assert len(v) >= s.get("minLength", 0)
         assert len(v) <= s.get("maxLength", math.inf)
-        if s.get("format") in _FORMATS:
+        if s.get("format") in _FORMATS and "pattern" not in s:
             assert re.fullmatch(_FORMATS[s["format"]], v), f"{v!r} is not a {s['format']}"
+        if "pattern" in s:
+            assert re.search(s["pattern"], v), f"{v!r} does not match {s['pattern']!r}"
     if _type_ok(v, "number"):
         if "minimum" in s:
             assert v >= s["minimum"]
@@ -408,6 +416,59 @@ CASES = [
      ['{"p": 1}', '{}'], ['{"p": "x"}']),
     ("any-value", {}, ['1', '"x"', '[]', '{"a": [null]}', 'true'], ['', 'nul', '{']),
     ("true-schema", True, ['1', '{}'], ['x']),
+    # --- keywords a grammar cannot enforce are ignored; `pattern` is enforced ---
+    ("pattern-anchored", {"type": "string", "pattern": r"^[A-Z]{2}-\d{3}$"},
+     ['"AB-123"', '"ZZ-000"'], ['"ab-123"', '"AB-12"', '"AB-1234"', '"xAB-123"', '"AB-123 "', 'AB-123']),
+    ("pattern-open-end", {"type": "string", "pattern": "^[0-9]"},
+     ['"1abc"', '"7"', '"0\\""'], ['"a1"', '""']),
+    ("pattern-groups", {"type": "string", "pattern": "^(foo|ba(r|z))+(?:-[a-f]{1,2})?$"},
+     ['"foo"', '"barbazfoo-ab"', '"baz-f"'], ['"ba"', '"foo-"', '"foo-abc"', '"qux"', '""']),
+    ("pattern-json-escapes", {"type": "string", "pattern": '^a"b\\\\c\\n.$'},
+     ['"a\\"b\\\\c\\nx"', '"a\\"b\\\\c\\u000a\\t"', '"a\\"b\\\\c\\u000A\\""'],
+     ['"a\\"b\\\\c\\n\\n"', '"ab\\\\c\\nx"', '"a\\"b\\\\c\\nxy"', '"a\\"b\\\\c\\n\\u000d"']),
+    ("pattern-negated-class", {"type": "string", "pattern": '^[^a-z"]+$'},
+     ['"ABC 1"', '"\\\\"', '"\\t\\u001f"', '"日本"'], ['"abc"', '"A\\"B"', '""']),
+    ("pattern-unicode", {"type": "string", "pattern": "^[α-ω]+( [α-ω]+)*$"},
+     ['"αβγ"', '"λ μ"'], ['"ab"', '"α "', '"Α"']),
+    ("pattern-with-length", {"type": "string", "pattern": "^[a-z_]+$", "minLength": 3, "maxLength": 5},
+     ['"abc"', '"a_b_c"'], ['"ab"', '"abcdef"', '"ABC"']),
+    ("pattern-over-format", {"type": "string", "format": "date", "pattern": "^[0-9]{4}$"},
+     ['"2024"'], ['"2024-01-01"', '"24"']),
+    ("ignored-keywords", {
+        "type": "object",
+        "properties": {
+            "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 3, "uniqueItems": True,
+                     "contains": {"const": "a"}, "minContains": 1, "maxContains": 2, "unevaluatedItems": False},
+            "n": {"type": "integer", "minimum": 0, "maximum": 20, "multipleOf": 5, "readOnly": True},
+            "s": {"type": "string", "maxLength": 4, "not": {"const": "x"}, "contentEncoding": "base64",
+                  "contentMediaType": "text/plain", "deprecated": True, "writeOnly": True},
+        },
+        "required": ["n"],
+        "if": {"required": ["s"]}, "then": {"required": ["tags"]}, "else": {"properties": {"n": {"const": 0}}},
+        "dependentRequired": {"s": ["tags"]}, "dependentSchemas": {"s": {"required": ["tags"]}},
+        "propertyNames": {"pattern": "^[a-z]+$"}, "unevaluatedProperties": False, "minProperties": 1,
+        "maxProperties": 2, "examples": [{"n": 5}], "$comment": "c", "x-vendor": {"any": 1},
+    },
+     ['{"n": 5}', '{"tags": ["a", "b"], "n": 10, "s": "hi"}', '{"n": 7}'],
+     ['{"n": 21}', '{"tags": [1], "n": 1}', '{}', '{"n": 1, "s": "hello"}', '{"n": 1, "z": 1}']),
+    ("pattern-properties", {"type": "object", "properties": {"id": {"type": "integer"}},
+                            "patternProperties": {"^x-[a-z]+$": {"type": "string"}}, "required": ["id"]},
+     ['{"id": 1}', '{"id": 1, "x-a": "s", "x-bc": "t"}'],
+     ['{"id": 1, "y": "s"}', '{"id": 1, "x-a": 1}', '{"id": 1, "x-1": "s"}', '{"x-a": "s"}']),
+    ("pattern-properties-only", {"type": "object", "patternProperties": {"^[0-9]+$": {"type": "boolean"}}},
+     ['{}', '{"1": true, "22": false}'], ['{"a": true}', '{"1": 1}', '{"": true}']),
+    ("required-not-in-properties", {"type": "object", "properties": {"a": {"type": "integer"}},
+                                    "required": ["a", "b"]},
+     ['{"a": 1, "b": [1, "x"]}', '{"a": 1, "b": null}'], ['{"a": 1}', '{"b": 1}', '{"a": 1, "b": 1, "c": 1}']),
+    ("required-not-in-properties-additional", {"type": "object", "required": ["k"],
+                                               "additionalProperties": {"type": "integer"}},
+     ['{"k": 1}', '{"k": 1, "z": 2}'], ['{}', '{"k": "x"}']),
+    ("unknown-type", {"type": "file"}, ['1', '"x"', '{}', 'null', '[true]'], ['', 'x', '{']),
+    ("unknown-type-in-object", {"type": "object", "properties": {"f": {"type": "binary"},
+                                                                  "g": {"type": ["any", "null"]}},
+                                "required": ["f"]},
+     ['{"f": "x"}', '{"f": [1], "g": {"a": 1}}'], ['{}', '{"g": 1}']),
+    ("unknown-type-with-keywords", {"type": "text", "maxLength": 2}, ['"ab"'], ['"abc"', '1']),
 ]
 
 @pytest.mark.parametrize("case_id,schema,good,bad", CASES, ids=[c[0] for c in CASES])
@@ -431,6 +492,15 @@ def test_generation_under_schema_grammar_is_valid(lm, case_id, schema):
         assert finished, f"generation did not finish: {text!r}"
         value = json.loads(text)
         validate(value, schema)
+
+
+def test_fractional_number_bounds_widen_to_integers(lm):
+    """Pydantic's confloat(ge=0.5, le=2.5): the grammar holds [0, 3], not a 400."""
+    grammar = schema_grammar({"type": "number", "minimum": 0.5, "maximum": 2.5})
+    for doc in ("0.5", "1", "2.5", "0.1", "3"):
+        assert lm.accepts(grammar, doc), doc
+    for doc in ("-1", "3.5", "4", "-0.5"):
+        assert not lm.accepts(grammar, doc), doc
 
 
 def test_json_grammar(lm):
@@ -539,16 +609,9 @@ def test_generation_under_forced_tool(lm):
 
 
 @pytest.mark.parametrize("schema,feature", [
-    ({"type": "string", "pattern": "^a+$"}, "pattern"),
-    ({"type": "object", "patternProperties": {"^x": {}}}, "patternProperties"),
-    ({"not": {"type": "string"}}, "not"),
-    ({"if": {"type": "string"}, "then": {"minLength": 1}}, "if/then/else"),
     ({"$ref": "https://example.com/schema.json"}, "remote $ref"),
     ({"allOf": [{"type": "string"}, {"type": "integer"}]}, "allOf with conflicting 'type'"),
     ({"allOf": [{"type": "string", "format": "date"}, {"format": "uuid"}]}, "allOf with conflicting 'format'"),
-    ({"type": "array", "uniqueItems": True}, "uniqueItems"),
-    ({"type": "integer", "multipleOf": 3}, "multipleOf"),
-    ({"type": "number", "minimum": 0.5}, "non-integer minimum"),
     (False, "false schema"),
 ])
 def test_unsupported_features_raise(schema, feature):
@@ -559,7 +622,11 @@ def test_unsupported_features_raise(schema, feature):
 @pytest.mark.parametrize("schema,message", [
     ("string", "schema must be an object"),
     ([{"type": "string"}], "schema must be an object"),
-    ({"type": "strnig"}, "unknown type 'strnig'"),
+    ({"type": 5}, "'type' must be a string or a non-empty array of strings"),
+    ({"type": []}, "'type' must be a string or a non-empty array of strings"),
+    ({"type": "string", "pattern": 5}, "'pattern' must be a string"),
+    ({"type": "object", "patternProperties": ["^a"]}, "'patternProperties' must be an object"),
+    ({"type": "object", "properties": {"a": {"$ref": "#/$defs/Nope"}}}, "unresolvable \\$ref '#/\\$defs/Nope'"),
     ({"type": "object", "properties": ["a"]}, "'properties' must be an object"),
     ({"type": "object", "required": "a"}, "'required' must be an array"),
     ({"$ref": "#/$defs/Missing"}, "unresolvable \\$ref"),
@@ -578,13 +645,11 @@ def test_schema_error_is_value_error():
 @pytest.mark.parametrize("tools,message", [
     ([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": 3}}}],
      "tool 'f': 'properties' must be an object"),
-    ([{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}],
-     "tool 'f': unknown type 'objekt'"),
     ([{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}],
      "tool 'f': parameters must have type 'object'"),
     ([{"type": "function", "function": {"name": "g", "parameters": {
-        "type": "object", "properties": {"x": {"type": "string", "pattern": "a"}}}}}],
-     "tool 'g': unsupported JSON schema feature: pattern"),
+        "type": "object", "properties": {"x": {"$ref": "#/$defs/X"}}}}}],
+     "tool 'g': unresolvable $ref '#/$defs/X'"),
     ([{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "f"}}],
      "tool 'f': duplicate tool name"),
     ([{"type": "function", "function": {"parameters": {}}}], "tool #0: missing function name"),
@@ -638,3 +703,199 @@ def test_repetition_limits_of_llama_cpp(lm):
     g = schema_grammar({"type": "string", "maxLength": 2000})
     assert lm.accepts(g, '"' + "ab" * 1000 + '"')
     assert not lm.accepts(g, '"' + "ab" * 1000 + 'c"')
+
+
+# ---------------------------------------------------------------------------
+# pattern, ignored keywords, lenient schemas
+
+
+def test_pattern_is_a_search_unless_anchored(lm):
+    # JSON Schema patterns are not implicitly anchored: [0-9] means "contains a digit"
+    g = schema_grammar({"type": "string", "pattern": "[0-9]"})
+    for doc in ['"a1b"', '"7"', '"x\\"9"', '"12"']:
+        assert lm.accepts(g, doc), doc
+    for doc in ['"abc"', '""', '1']:
+        assert not lm.accepts(g, doc), doc
+    g = schema_grammar({"type": "string", "pattern": "ab$"})
+    assert lm.accepts(g, '"xxab"') and lm.accepts(g, '"ab"')
+    assert not lm.accepts(g, '"abx"')
+    g = schema_grammar({"type": "string", "pattern": "^a$|b"})  # anchors per alternative
+    for doc in ['"a"', '"b"', '"xbx"']:
+        assert lm.accepts(g, doc), doc
+    for doc in ['"ax"', '"xa"', '""']:
+        assert not lm.accepts(g, doc), doc
+    g = schema_grammar({"type": "string", "pattern": ""})
+    assert lm.accepts(g, '""') and lm.accepts(g, '"anything"')
+
+
+def test_pattern_syntax(lm):
+    cases = [
+        (r"^\d{2,3}\.\d?$", ['"12."', '"123.4"'], ['"1.2"', '"1234.5"', '"12"']),
+        (r"^[\w-]+@[\w-]+\.[a-z]{2,}$", ['"a-b@c_d.org"'], ['"a@b.c"', '"a b@c.de"', '"@c.de"']),
+        (r"^(?<year>\d{4})-(?P<m>0[1-9]|1[0-2])$", ['"2024-09"', '"1999-12"'], ['"2024-13"', '"2024-9"']),
+        (r"^a{2}b{1,}c{0,1}d*?$", ['"aab"', '"aabbbcdd"'], ['"ab"', '"aabcc"']),
+        (r"^[^\s\d]\S\W$", ['"ab!"', '"a1 "'], ['" ab!"', '"1ab!"', '"a b!"', '"abc"']),
+        (r"^\x41\u0042\cJ\t\/\*\?$", ['"AB\\n\\t/*?"'], ['"AB\\n\\t\\/*?"', '"ABJ\\t/*?"']),
+        (r"^[\]\-a-c]+$", ['"]-ab"', '"c"'], ['"d"', '"\\\\"']),
+        (r"^[\d-z]$", ['"5"', '"-"', '"z"'], ['"a"', '"y"']),
+        (r"^(ab)+$", ['"ab"', '"abab"'], ['"aba"', '""']),
+        (r"^\.{2}$", ['".."'], ['"ab"']),
+        (r"^[^]$", ['"x"', '"\\n"'], ['""', '"xy"']),
+        (r"^a{,2}$", ['"a{,2}"'], ['"aa"']),  # not a quantifier in ECMA-262: literal text
+        (r"^\u00e9\uD83D\uDE00$", ['"é😀"'], ['"e😀"']),
+        (r"^a{0}b$", ['"b"'], ['"ab"']),
+    ]
+    for pattern, good, bad in cases:
+        g = schema_grammar({"type": "string", "pattern": pattern})
+        assert g != schema_grammar({"type": "string"}), pattern
+        for doc in good:
+            assert lm.accepts(g, doc), (pattern, doc, g)
+        for doc in bad:
+            assert not lm.accepts(g, doc), (pattern, doc, g)
+
+
+@pytest.mark.parametrize("pattern", [
+    r"^(a)\1$",            # backreference
+    r"^(?=a)\w+$",          # lookahead
+    r"^(?!a)\w+$",
+    r"(?<=a)b",             # lookbehind
+    r"\bword\b",           # word boundary
+    r"(?i)^abc$",           # inline flag
+    r"^\p{L}+$",            # unicode property escape
+    r"^a{2001}$",           # above llama.cpp's repetition limit
+    r"^a{3,2}$",            # invalid regex
+    r"^(a|b$)c",            # anchor inside the pattern
+    r"^[z-a]$",             # invalid range
+    r"^(abc$",              # unbalanced
+    r"^*a$",                # nothing to repeat
+    r"^[]$",                # empty class
+])
+def test_untranslatable_pattern_falls_back_to_any_string(lm, pattern):
+    g = schema_grammar({"type": "string", "pattern": pattern})
+    assert g == schema_grammar({"type": "string"})
+    assert lm.accepts(g, '"anything \\"at\\" all"') and lm.accepts(g, '""')
+    assert not lm.accepts(g, "1")
+    # the other string keywords still apply
+    g = schema_grammar({"type": "string", "pattern": pattern, "maxLength": 3})
+    assert g == schema_grammar({"type": "string", "maxLength": 3})
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"type": "string", "pattern": pattern}}, "required": ["x"]}}}]
+    assert lm.accepts(tool_call_grammar(tools), '{"name": "f", "arguments": {"x": "zzz"}}')
+
+
+def test_generation_under_pattern_grammar_matches(lm):
+    for pattern in (r"^[A-Z][a-z]{1,8}( [A-Z][a-z]{1,8})?$", r"^\+?[0-9]{2,4}-[0-9]{3}$", r'^[^"]{1,5}$',
+                    r"^(?:[a-z0-9-]+\.)+[a-z]{2,3}$"):
+        g = schema_grammar({"type": "string", "pattern": pattern})
+        for seed in (1, 2, 3):
+            text, finished = lm.generate(g, seed=seed)
+            assert finished, (pattern, text)
+            value = json.loads(text)
+            assert re.search(pattern, value), (pattern, value)
+
+
+def test_pattern_properties_with_additional_properties(lm):
+    schema = {"type": "object", "patternProperties": {"^n_": {"type": "number"}},
+              "additionalProperties": {"type": "string"}}
+    g = schema_grammar(schema)
+    for doc in ['{}', '{"n_a": 1, "b": "x"}', '{"b": "x", "n_c": 2.5}']:
+        assert lm.accepts(g, doc), doc
+    for doc in ['{"b": 1}', '{"n_a": [1]}']:
+        assert not lm.accepts(g, doc), doc
+    # a named property matching a pattern must satisfy both schemas
+    g = schema_grammar({"type": "object", "properties": {"n_x": {"type": "integer"}},
+                        "patternProperties": {"^n_": {"minimum": 0}}, "required": ["n_x"]})
+    assert lm.accepts(g, '{"n_x": 3}')
+    assert not lm.accepts(g, '{"n_x": -3}')
+    # an untranslatable key pattern allows any other key with the pattern's value schema
+    g = schema_grammar({"type": "object", "properties": {"a": {"type": "integer"}},
+                        "patternProperties": {"(?=x)": {"type": "boolean"}}})
+    assert lm.accepts(g, '{"a": 1, "zz": true}')
+    assert not lm.accepts(g, '{"a": 1, "zz": 1}')
+    assert not lm.accepts(g, '{"a": 1, "a": true}')
+
+
+def test_ignored_keywords_in_combinators_and_refs(lm):
+    # conflicting values of ignored keywords never make allOf fail; two patterns keep the first
+    g = schema_grammar({"allOf": [{"type": "integer", "multipleOf": 2, "not": {"const": 4}},
+                                  {"multipleOf": 3, "not": {"const": 6}, "minimum": 0}]})
+    assert lm.accepts(g, "12") and not lm.accepts(g, "-1")
+    g = schema_grammar({"allOf": [{"type": "string", "pattern": "^a"}, {"pattern": "b$"}]})
+    assert lm.accepts(g, '"ab"') and not lm.accepts(g, '"ba"')
+    g = schema_grammar({"$defs": {"S": {"type": "string", "pattern": "^x+$"}},
+                        "$ref": "#/$defs/S", "uniqueItems": True, "deprecated": True})
+    assert lm.accepts(g, '"xx"') and not lm.accepts(g, '"xy"')
+    g = schema_grammar({"anyOf": [{"type": "integer"}, {"type": "string", "pattern": "^[a-c]$"}],
+                        "if": {}, "then": {}, "x-extension": 1})
+    assert lm.accepts(g, "3") and lm.accepts(g, '"b"') and not lm.accepts(g, '"d"')
+    assert schema_grammar({"uniqueItems": True, "not": {}}) == schema_grammar({})
+
+
+def test_object_schema_grammar_is_lenient(lm):
+    g = object_schema_grammar({"type": "dict", "properties": {"a": {"type": "integer"}}, "required": ["a"]})
+    assert lm.accepts(g, '{"a": 1}') and not lm.accepts(g, '{"a": "x"}')
+    g = object_schema_grammar({"properties": {"s": {"type": "string", "pattern": "^[0-9]+$"}},
+                               "required": ["s", "t"], "propertyNames": {"maxLength": 3}})
+    assert lm.accepts(g, '{"s": "12", "t": [null]}')
+    assert not lm.accepts(g, '{"s": "1a", "t": 1}')
+    assert not lm.accepts(g, '{"s": "1"}')
+
+
+# MCP servers and Pydantic (set[str] -> uniqueItems, constr -> pattern, ...) produce schemas like this
+PYDANTIC_TOOLS = [
+    {"type": "function", "function": {"name": "create_user", "parameters": {
+        "$defs": {"Role": {"enum": ["admin", "user"], "title": "Role", "type": "string"}},
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "additionalProperties": False,
+        "properties": {
+            "username": {"type": "string", "pattern": "^[a-z][a-z0-9_]{2,15}$", "title": "Username"},
+            "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True, "maxItems": 3},
+            "quota": {"type": "integer", "multipleOf": 10, "minimum": 0, "maximum": 100},
+            "role": {"$ref": "#/$defs/Role", "default": "user"},
+            "meta": {"type": "object", "propertyNames": {"pattern": "^[a-z]+$"},
+                     "patternProperties": {"^[a-z]+$": {"type": "string"}}},
+            "contact": {"not": {"type": "null"}, "if": {"type": "string"}, "then": {"format": "email"},
+                        "type": "string"},
+        },
+        "required": ["username", "role", "reason"],
+    }}},
+    {"type": "function", "function": {"name": "upload", "parameters": {
+        "type": "object", "properties": {"file": {"type": "file"}, "n": {"type": "int"}},
+        "required": ["file"], "dependentRequired": {"n": ["file"]}}}},
+    {"type": "function", "function": {"name": "ping", "parameters": {"type": "any"}}},
+]
+
+
+def test_tool_call_grammar_with_real_world_schemas(lm):
+    g = tool_call_grammar(PYDANTIC_TOOLS)
+    ok = [
+        '{"name": "create_user", "arguments": {"username": "bob_1", "role": "admin", "reason": "new"}}',
+        '{"name": "create_user", "arguments": {"username": "ann", "tags": ["a", "b"], "quota": 30, '
+        '"role": "user", "meta": {"team": "x"}, "contact": "a@b.c", "reason": {"why": 1}}}',
+        '{"name": "upload", "arguments": {"file": "data", "n": 3}}',
+        '{"name": "ping", "arguments": {}}',
+        '{"name": "ping", "arguments": {"x": 1}}',
+    ]
+    for doc in ok:
+        assert lm.accepts(g, doc), doc
+    bad = [
+        '{"name": "create_user", "arguments": {"username": "Bob", "role": "admin", "reason": 1}}',
+        '{"name": "create_user", "arguments": {"username": "bo", "role": "admin", "reason": 1}}',
+        '{"name": "create_user", "arguments": {"username": "bob", "role": "admin"}}',
+        '{"name": "create_user", "arguments": {"username": "bob", "role": "root", "reason": 1}}',
+        '{"name": "create_user", "arguments": {"username": "bob", "quota": 101, "role": "user", "reason": 1}}',
+        '{"name": "create_user", "arguments": {"username": "bob", "meta": {"Team": "x"}, "role": "user", '
+        '"reason": 1}}',
+        '{"name": "upload", "arguments": {}}',
+        '{"name": "ping", "arguments": 1}',
+    ]
+    for doc in bad:
+        assert not lm.accepts(g, doc), doc
+    for seed in (1, 2, 3):
+        text, finished = lm.generate(tool_call_grammar(PYDANTIC_TOOLS, name="create_user", parallel=False),
+                                     seed=seed)
+        assert finished, text
+        call = json.loads(text)
+        params = PYDANTIC_TOOLS[0]["function"]["parameters"]
+        # 'reason' is required but not described: any value (additionalProperties: false notwithstanding)
+        validate(call["arguments"], {**params, "properties": {**params["properties"], "reason": True}})

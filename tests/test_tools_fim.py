@@ -8,6 +8,7 @@ come back as content.
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import jsonschema
@@ -190,8 +191,11 @@ def test_format_schema_always_validates(server):
                    timeout=120)
     jsonschema.validate(json.loads(r.json()["response"]), schema)
     bad = chat(server, model="plain", messages=[{"role": "user", "content": "x"}],
-               format={"type": "string", "pattern": "^a+$"})
-    assert bad.status_code == 400 and "pattern" in bad.json()["error"]
+               format={"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}})
+    assert bad.status_code == 400 and "$ref" in bad.json()["error"], bad.text
+    r = chat(server, model="plain", messages=[{"role": "user", "content": "x"}],
+             format={"type": "string", "pattern": "^a{2,5}$"}, options={"seed": 1, "num_predict": 20})
+    assert re.fullmatch("a{2,5}", json.loads(r.json()["message"]["content"])), r.text
 
 
 def test_thinking_needs_capability(server):

@@ -9,7 +9,9 @@ Public API
 ``schema_grammar(schema)``         a value valid for ``schema`` (any top-level type).
 ``object_schema_grammar(schema)``  like ``schema_grammar`` but the top level must be an object.
 ``tool_call_grammar(tools, ...)``  one or more tool calls in a template's style.
-``SchemaError``                    raised for invalid or unsupported schemas.
+``SchemaError``                    raised for malformed schemas (not an object, ``type`` of a
+                                   wrong JSON type, unresolvable ``$ref``) and the few
+                                   constraints that cannot be met (e.g. conflicting ``allOf``).
 
 Conventions of the generated grammars:
 
@@ -22,6 +24,14 @@ Conventions of the generated grammars:
   present, optional ones may be skipped (grammar size is linear in the number
   of properties).
 * Strings are emitted as-is (non-ASCII allowed raw) with standard JSON escapes.
+* ``pattern`` is enforced (translated to GBNF over the string's JSON encoding; a
+  regex that cannot be translated constrains nothing); ``patternProperties`` keys
+  follow their pattern.
+* Like llama.cpp's json-schema-to-grammar (and so Ollama), keywords a grammar
+  cannot reasonably enforce (uniqueItems, multipleOf, not, if/then/else,
+  dependentRequired, propertyNames, contains, min/maxProperties, unevaluated*, and
+  any unknown keyword) are ignored; an unknown ``type`` allows any value; a
+  ``required`` name missing from ``properties`` is required with any value.
 """
 
 from __future__ import annotations
@@ -29,8 +39,12 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import unquote
+
+from .gbnf import (_MAX_REP, SchemaError, _class_char, _dedupe, _group, _int_range, _lit, _nonneg_range, _rep,
+                   _seq, _unsupported)
+from .pattern import _ATOM_RE, _RegexFallback, _json_set, _pattern_content, _pattern_single_class, _regex_search
 
 __all__ = [
     "SchemaError",
@@ -40,14 +54,6 @@ __all__ = [
     "tool_call_grammar",
     "TOOL_CALL_STYLES",
 ]
-
-
-class SchemaError(ValueError):
-    """The schema is invalid or uses a feature the converter cannot enforce."""
-
-
-def _unsupported(feature: str) -> SchemaError:
-    return SchemaError(f"unsupported JSON schema feature: {feature}")
 
 
 # --------------------------------------------------------------------------
@@ -86,106 +92,29 @@ _ANNOTATIONS = frozenset({
     "xml", "externalDocs", "$anchor", "strict",
 })
 
-# Constraint keywords the converter cannot enforce.
-_UNSUPPORTED = {
-    "pattern": "pattern",
-    "patternProperties": "patternProperties",
-    "propertyNames": "propertyNames",
-    "not": "not",
-    "if": "if/then/else",
-    "then": "if/then/else",
-    "else": "if/then/else",
-    "dependencies": "dependencies",
-    "dependentRequired": "dependentRequired",
-    "dependentSchemas": "dependentSchemas",
-    "unevaluatedProperties": "unevaluatedProperties",
-    "unevaluatedItems": "unevaluatedItems",
-    "contains": "contains",
-    "minContains": "minContains",
-    "maxContains": "maxContains",
-    "multipleOf": "multipleOf",
-    "minProperties": "minProperties",
-    "maxProperties": "maxProperties",
-    "$dynamicRef": "$dynamicRef",
-    "$recursiveRef": "$recursiveRef",
-    "formatMinimum": "formatMinimum",
-    "formatMaximum": "formatMaximum",
-}
+# Keywords the converter reads.  Every other keyword (uniqueItems, multipleOf, not,
+# if/then/else, dependentRequired, propertyNames, contains, unevaluated*, ... and
+# any unknown one) constrains nothing a grammar can reasonably express and is
+# ignored, like llama.cpp's json-schema-to-grammar does: the output still
+# satisfies the rest of the schema.
+_KNOWN = frozenset({
+    "type", "enum", "const", "$ref", "allOf", "anyOf", "oneOf", "nullable", "$defs", "definitions",
+    "properties", "additionalProperties", "required", "patternProperties",
+    "items", "prefixItems", "additionalItems", "minItems", "maxItems",
+    "minLength", "maxLength", "format", "pattern",
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+})
 
 _TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 
-_OBJECT_KEYS = ("properties", "additionalProperties", "required")
+_OBJECT_KEYS = ("properties", "additionalProperties", "required", "patternProperties")
 _ARRAY_KEYS = ("items", "prefixItems", "minItems", "maxItems", "additionalItems")
-_STRING_KEYS = ("minLength", "maxLength", "format")
+_STRING_KEYS = ("minLength", "maxLength", "format", "pattern")
 _NUMBER_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
-
-
-def _lit(text: str) -> str:
-    """A GBNF string literal matching ``text`` exactly."""
-    out = ['"']
-    for ch in text:
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append("\\x%02X" % ord(ch))
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-def _class_char(ch: str) -> str:
-    """One character for use inside a GBNF character class."""
-    if ch.isalnum() and ord(ch) < 0x80:
-        return ch
-    if ord(ch) < 0x80:
-        return "\\x%02X" % ord(ch)
-    return ch
 
 
 def _json_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False)
-
-
-# llama.cpp refuses a repetition minimum above 2000 and silently treats a maximum
-# above 2000 as unbounded; larger upper bounds (maxLength, maxItems) are therefore
-# not enforced, larger lower bounds are refused.
-_MAX_REP = 2000
-
-
-def _rep(item: str, lo: int, hi: int | None, what: str = "repetition") -> str:
-    """GBNF repetition of ``item`` (an atom) lo..hi times ('' when it can only be empty)."""
-    if hi is not None and hi <= 0:
-        return ""
-    if hi is not None and hi < lo:
-        raise SchemaError(f"empty repetition {lo}..{hi}")
-    if lo > _MAX_REP:
-        raise _unsupported(f"{what} above {_MAX_REP} ({lo})")
-    if hi is not None and hi > _MAX_REP:
-        hi = None
-    if hi is None:
-        if lo == 0:
-            return f"{item}*"
-        if lo == 1:
-            return f"{item}+"
-        return f"{item}{{{lo},}}"
-    if lo == hi:
-        return item if lo == 1 else f"{item}{{{lo}}}"
-    if lo == 0 and hi == 1:
-        return f"{item}?"
-    return f"{item}{{{lo},{hi}}}"
-
-
-def _seq(*parts: str) -> str:
-    return " ".join(p for p in parts if p)
 
 
 def _is_int(v: Any) -> bool:
@@ -197,91 +126,13 @@ def _is_num(v: Any) -> bool:
 
 
 # --------------------------------------------------------------------------
-# integer / number ranges
-
-
-def _same_len_range(lo: str, hi: str) -> list[str]:
-    """Alternatives matching decimal strings of equal length in [lo, hi]."""
-    if not lo:
-        return [""]
-    if lo == hi:
-        return [_lit(lo)]
-    a, b = int(lo[0]), int(hi[0])
-    rest = len(lo) - 1
-    if a == b:
-        inner = _same_len_range(lo[1:], hi[1:])
-        return [_seq(_lit(lo[0]), _group(inner))]
-    alts: list[str] = []
-    lo_all_zero = set(lo[1:]) <= {"0"}
-    hi_all_nine = set(hi[1:]) <= {"9"}
-    start = a if lo_all_zero else a + 1
-    end = b if hi_all_nine else b - 1
-    if not lo_all_zero:
-        alts.append(_seq(_lit(lo[0]), _group(_same_len_range(lo[1:], "9" * rest))))
-    if start <= end:
-        cls = f"[{start}]" if start == end else f"[{start}-{end}]"
-        alts.append(_seq(cls, _rep("[0-9]", rest, rest)))
-    if not hi_all_nine:
-        alts.append(_seq(_lit(hi[0]), _group(_same_len_range("0" * rest, hi[1:]))))
-    return alts
-
-
-def _group(alts: list[str]) -> str:
-    if len(alts) == 1:
-        return alts[0]
-    return "( " + " | ".join(a if a else '""' for a in alts) + " )"
-
-
-_MAX_DIGITS = 16
-
-
-def _nonneg_range(lo: int, hi: int | None) -> list[str]:
-    """Alternatives for canonical decimal integers n with lo <= n <= hi (hi None: unbounded)."""
-    alts: list[str] = []
-    if hi is not None and hi < lo:
-        return alts
-    lo_len = len(str(lo))
-    hi_len = len(str(hi)) if hi is not None else max(_MAX_DIGITS, lo_len)
-    for length in range(lo_len, hi_len + 1):
-        first = 0 if length == 1 else 10 ** (length - 1)
-        last = 10 ** length - 1
-        a = max(lo, first)
-        if hi is None and a == first and length > 1:
-            # every longer length is unconstrained: one alternative for all of them
-            alts.append(_seq("[1-9]", _rep("[0-9]", length - 1, max(_MAX_DIGITS, length) - 1)))
-            break
-        b = last if hi is None else min(hi, last)
-        if a > b:
-            continue
-        alts.extend(_same_len_range(str(a), str(b)))
-    return alts
-
-
-def _int_range(lo: int | None, hi: int | None) -> str:
-    """GBNF expression for integers in [lo, hi] (None: unbounded)."""
-    alts: list[str] = []
-    if lo is None or lo < 0:  # negative part: "-" m with m in [max(1, -hi), -lo]
-        m_lo = 1 if hi is None or hi >= 0 else -hi
-        m_hi = None if lo is None else -lo
-        neg = _nonneg_range(m_lo, m_hi)
-        if neg:
-            alts.append(_seq('"-"', _group(neg)))
-    if hi is None or hi >= 0:
-        pos = _nonneg_range(max(lo, 0) if lo is not None else 0, hi)
-        alts.extend(pos)
-    if not alts:
-        raise SchemaError(f"empty integer range: minimum {lo} > maximum {hi}")
-    return _group(alts)
-
-
-# --------------------------------------------------------------------------
 # schema merging (allOf, $ref with siblings, anyOf with shared keywords)
 
 
 def _merge(a: dict, b: dict, where: str = "allOf") -> dict:
     out = dict(a)
     for key, bv in b.items():
-        if key in _ANNOTATIONS:
+        if key in _ANNOTATIONS or key not in _KNOWN:  # ignored keywords never conflict
             out.setdefault(key, bv)
             continue
         if key not in out:
@@ -298,9 +149,9 @@ def _merge(a: dict, b: dict, where: str = "allOf") -> dict:
             if not both:
                 raise _unsupported(f"{where} with conflicting 'type'")
             out[key] = both if len(both) > 1 else both[0]
-        elif key == "properties":
+        elif key in ("properties", "patternProperties"):
             if not isinstance(av, dict) or not isinstance(bv, dict):
-                raise SchemaError("'properties' must be an object")
+                raise SchemaError(f"'{key}' must be an object")
             props = dict(av)
             for name, ps in bv.items():
                 if name in props and props[name] != ps:
@@ -333,6 +184,10 @@ def _merge(a: dict, b: dict, where: str = "allOf") -> dict:
             pass
         elif key in ("$defs", "definitions") and isinstance(av, dict) and isinstance(bv, dict):
             out[key] = {**av, **bv}
+        elif key == "pattern":
+            # two patterns: a grammar cannot intersect them in general; the first one is
+            # enforced, the other is not
+            pass
         else:
             raise _unsupported(f"{where} with conflicting '{key}'")
     return out
@@ -454,7 +309,11 @@ class _Converter:
         name = self._fresh(hint)
         self.rules[name] = ""  # reserve (recursion)
         self._refs[key] = name
-        body = self.visit(target, doc, name)
+        try:
+            body = self.visit(target, doc, name)
+        except SchemaError:
+            del self.rules[name], self._refs[key]
+            raise
         self.rules[name] = body
         return name
 
@@ -468,11 +327,10 @@ class _Converter:
         if not isinstance(schema, dict):
             raise SchemaError(f"schema must be an object or a boolean, got {type(schema).__name__}")
 
-        for key in schema:
-            if key in _UNSUPPORTED:
-                raise _unsupported(_UNSUPPORTED[key])
-        if schema.get("uniqueItems") is True:
-            raise _unsupported("uniqueItems")
+        if any(k not in _KNOWN and k not in _ANNOTATIONS for k in schema):
+            schema = {k: v for k, v in schema.items() if k in _KNOWN or k in _ANNOTATIONS}
+            if not schema:
+                return self.prim("value")
 
         if "$ref" in schema:
             siblings = {k: v for k, v in schema.items() if k != "$ref" and k not in _ANNOTATIONS
@@ -532,9 +390,8 @@ class _Converter:
             types = list(dict.fromkeys(typ))
         else:
             raise SchemaError(f"'type' must be a string or a non-empty array of strings, got {typ!r}")
-        for t in types or ():
-            if t not in _TYPES:
-                raise SchemaError(f"unknown type '{t}'")
+        if types is not None and any(t not in _TYPES for t in types):
+            types = None  # an unknown type ("file", "any", ...) allows any value
 
         if "const" in schema or "enum" in schema:
             if "const" in schema:
@@ -609,6 +466,10 @@ class _Converter:
             raise SchemaError("minLength/maxLength must be non-negative integers")
         if hi is not None and hi < lo:
             raise SchemaError(f"minLength {lo} > maxLength {hi}")
+        if "pattern" in schema:
+            expr = self.visit_pattern(schema["pattern"], lo, hi, hint)
+            if expr is not None:
+                return expr
         fmt = schema.get("format")
         if fmt in _FORMAT_RULES and lo == 0 and hi is None:
             return self.prim(_FORMAT_RULES[fmt])
@@ -616,6 +477,38 @@ class _Converter:
             return self.prim("string")
         char = self.prim("char")
         return self.add(hint, _seq(r'"\""', _rep(char, lo, hi, "minLength"), r'"\""'))
+
+    def visit_pattern(self, pattern: Any, lo: int, hi: int | None, hint: str) -> str | None:
+        """A JSON string matching ``pattern`` (None: not translatable, no constraint from it).
+
+        The pattern takes precedence over minLength/maxLength/format, except for a
+        pattern that is a single repeated character class (``^[a-z0-9_]{3,}$``),
+        whose repetition is intersected with the length bounds.
+        """
+        if not isinstance(pattern, str):
+            raise SchemaError("'pattern' must be a string")
+        single = _pattern_single_class(pattern)
+        if single is not None and (lo > 0 or hi is not None):
+            ivs, p_lo, p_hi = single
+            r_lo = max(lo, p_lo)
+            r_hi = hi if p_hi is None else (p_hi if hi is None else min(hi, p_hi))
+            if (r_hi is None or r_lo <= r_hi) and r_lo <= _MAX_REP:
+                try:
+                    item = _json_set(ivs)
+                    body = _rep(item if _ATOM_RE.fullmatch(item) else f"( {item} )", r_lo, r_hi)
+                except _RegexFallback:
+                    return None
+                return self.add(hint, _seq(r'"\""', body, r'"\""'))
+        content = self.pattern_content(pattern)
+        if content is None:
+            return None
+        return self.add(hint, _seq(r'"\""', content, r'"\""'))
+
+    def pattern_content(self, pattern: str) -> str | None:
+        content = _pattern_content(pattern, "char")
+        if content is not None and re.search(r"(?<![\w-])char(?![\w-])", content):
+            self.prim("char")
+        return content
 
     # -- numbers ----------------------------------------------------------
     @staticmethod
@@ -648,9 +541,12 @@ class _Converter:
         lo, lo_ex, hi, hi_ex = self._bounds(schema)
         if lo is None and hi is None:
             return self.prim("number")
-        for v, kw in ((lo, "minimum"), (hi, "maximum")):
-            if v is not None and not float(v).is_integer():
-                raise _unsupported(f"non-integer {kw} on a number ({v})")
+        # the grammar draws integer bounds; a fractional one widens to the integer around it (0.5 -> 0),
+        # so the output may overstep it by less than one (llama.cpp's converter ignores number bounds)
+        if lo is not None and not float(lo).is_integer():
+            lo, lo_ex = math.floor(lo), False
+        if hi is not None and not float(hi).is_integer():
+            hi, hi_ex = math.ceil(hi), False
         lo = None if lo is None else int(lo)
         hi = None if hi is None else int(hi)
         if lo is not None and hi is not None and (lo > hi or (lo == hi and (lo_ex or hi_ex))):
@@ -771,11 +667,27 @@ class _Converter:
         required = schema.get("required", [])
         if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
             raise SchemaError("'required' must be an array of strings")
+        patterns = schema.get("patternProperties", {})
+        if not isinstance(patterns, dict):
+            raise SchemaError("'patternProperties' must be an object")
         addl = schema.get("additionalProperties", None)
         if addl is None:
-            addl = False if "properties" in schema else True
+            # JSON Schema allows any other property; like llama.cpp, the grammar allows
+            # none once 'properties' (or here 'patternProperties') name some
+            addl = False if "properties" in schema or patterns else True
         if not isinstance(addl, (bool, dict)):
             raise SchemaError("'additionalProperties' must be a boolean or a schema")
+
+        def with_patterns(name: str, ps: Any) -> Any:
+            """A named property's schema, joined with the patternProperties its name matches."""
+            extra = [pv for pat, pv in patterns.items() if pv is not True and pv != {}
+                     and _regex_search(pat, name)]
+            if not extra or not isinstance(ps, (dict, bool)):
+                return ps
+            if any(pv is False for pv in extra):
+                return ps
+            parts = ([] if ps is True else [ps]) + extra
+            return parts[0] if len(parts) == 1 else {"allOf": parts}
 
         order: list[tuple[str, Any, bool]] = []
         for name, ps in props.items():
@@ -785,23 +697,47 @@ class _Converter:
                     raise SchemaError(f"required property '{name}' has a false schema")
                 continue
             order.append((name, ps, is_req))
-        for name in required:
+        for name in dict.fromkeys(required):
             if name not in props:
-                if addl is False:
-                    raise SchemaError(f"required property '{name}' is not allowed by the schema")
-                order.append((name, addl, True))
+                # required but not described: additionalProperties' schema when it has
+                # one, else any value
+                order.append((name, addl if isinstance(addl, dict) else True, True))
 
         kvs = []
         for name, ps, _ in order:
-            value = self.visit(ps, doc, f"{hint}-{name}")
+            joined = with_patterns(name, ps)
+            try:
+                value = self.visit(joined, doc, f"{hint}-{name}")
+            except SchemaError:
+                if joined is ps:
+                    raise
+                # the patternProperties schema conflicts with the property's own: keep its own
+                value = self.visit(ps, doc, f"{hint}-{name}")
             kvs.append(self.add(f"{hint}-{name}-kv",
                                 _seq(_lit(_json_text(name)), ws, '":"', ws, value, ws)))
 
-        extra = ""
+        names = [n for n, _, _ in order]
+        extras = []
         if addl is not False:
             value = self.visit(addl, doc, f"{hint}-additional")
-            key = self._key_excluding([n for n, _, _ in order])
-            extra = self.add(f"{hint}-additional-kv", _seq(key, ws, '":"', ws, value, ws))
+            extras.append(self.add(f"{hint}-additional-kv",
+                                   _seq(self._key_excluding(names), ws, '":"', ws, value, ws)))
+        for i, (pat, pv) in enumerate(patterns.items()):
+            if pv is False:
+                continue
+            if not isinstance(pat, str):
+                raise SchemaError("'patternProperties' keys must be strings")
+            content = self.pattern_content(pat)
+            # keys are the pattern's (a key that equals a named property is not excluded);
+            # an untranslatable pattern allows any other key
+            key = (self.add(f"{hint}-pattern-key-{i}", _seq(r'"\""', content, r'"\""'))
+                   if content is not None else self._key_excluding(names))
+            value = self.visit(pv, doc, f"{hint}-pattern-{i}")
+            extras.append(self.add(f"{hint}-pattern-kv-{i}", _seq(key, ws, '":"', ws, value, ws)))
+        extras = _dedupe(extras)
+        extra = ""
+        if extras:
+            extra = extras[0] if len(extras) == 1 else self.add(f"{hint}-extra-kv", _group(extras))
 
         n = len(order)
         rest_memo: dict[int, str] = {}
@@ -871,10 +807,6 @@ class _Converter:
         return self.add("key-other", _seq(r'"\""', visit(trie), r'"\""'))
 
 
-def _dedupe(items: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(items))
-
-
 # --------------------------------------------------------------------------
 # public API
 
@@ -933,9 +865,9 @@ def _top_types(conv: _Converter, schema: Any, doc: Any, depth: int = 0) -> set[s
     if isinstance(schema.get("enum"), list):
         return {"object" if isinstance(v, dict) else "other" for v in schema["enum"]}
     typ = schema.get("type")
-    if isinstance(typ, str):
+    if isinstance(typ, str) and typ in _TYPES:
         types = {typ}
-    elif isinstance(typ, list):
+    elif isinstance(typ, list) and typ and all(t in _TYPES for t in typ):
         types = set(typ)
     else:
         inferred = _Converter._infer_types(schema)
@@ -993,9 +925,9 @@ def _validate_tool_params(name: str, params: Any) -> None:
     if not isinstance(params, dict):
         raise SchemaError(f"tool '{name}': parameters must be a JSON schema object")
     typ = params.get("type")
+    if isinstance(typ, str) and typ not in _TYPES:
+        return  # an unknown type allows any value: the arguments are an object
     if typ is not None and typ != "object" and not (isinstance(typ, list) and typ == ["object"]):
-        if isinstance(typ, str) and typ not in _TYPES:
-            raise SchemaError(f"tool '{name}': unknown type '{typ}'")
         raise SchemaError(f"tool '{name}': parameters must have type 'object', got {typ!r}")
 
 
@@ -1038,7 +970,7 @@ def tool_call_grammar(tools: list[dict], *, name: str | None = None, style: str 
     for fname, params in fns.items():
         if params is True or params == {}:
             params = {"type": "object"}
-        elif "type" not in params:
+        elif "type" not in params or (isinstance(params["type"], str) and params["type"] not in _TYPES):
             params = {**params, "type": "object"}
         hint = f"{fname}-args"
         try:
