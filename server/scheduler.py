@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ class Loaded:
     timer: asyncio.TimerHandle | None = None
     busy_since: float = 0.0  # monotonic time the first of the current users arrived
     busy_seconds: float = 0.0  # time with at least one user, earlier spans (for the metrics)
+    closing: asyncio.Future | None = None  # set by Scheduler._evict, on the loop, before it awaits anything
+    _closed: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # embedder creation and close
 
     @property
     def name(self) -> str:
@@ -74,16 +78,23 @@ class Loaded:
         return self.plan.gpu_bytes
 
     def embedder_for(self, n_threads: int) -> Embedder:
-        if self.embedder is None:
-            self.embedder = Embedder(self.llama, n_ctx=self.options.num_ctx, n_threads=n_threads)
-        return self.embedder
+        """The embedding context, created by the first caller (worker threads may ask at once)."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("model unloaded")
+            if self.embedder is None:
+                self.embedder = Embedder(self.llama, n_ctx=self.options.num_ctx, n_threads=n_threads)
+            return self.embedder
 
     def close(self) -> None:
-        if self.timer:
-            self.timer.cancel()
+        """Free the contexts and the weights (in a worker thread); later calls do nothing."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self.runner.close()
         if self.embedder is not None:
-            self.embedder.close()
+            self.embedder.close()  # waits for an embedding under way
         self.llama.close()
 
 
@@ -94,6 +105,11 @@ class Scheduler:
             batch_invariant_kernels()
         self.loaded: dict[str, Loaded] = {}  # by model digest
         self._locks: dict[str, asyncio.Lock] = {}
+        # held from making room to registering the new model: one load at a time, so that the
+        # OLLAMA_MAX_LOADED_MODELS count and the memory plan see every model (models already
+        # loaded are handed out without it)
+        self._load_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Future] = set()  # expiries and late closes under way
         self._waiting = 0
         self.ram_budget = system_memory()
         self.gpu_budget = sum(d.free for d in devices() if d.kind in ("GPU", "iGPU")) if supports_gpu() else 0
@@ -140,14 +156,25 @@ class Scheduler:
             return loaded
 
     async def unload(self, digest: str) -> bool:
+        """Unload a model (keep_alive 0, /api/delete): now when idle, else when its last request ends.
+
+        As Ollama's expireRunner: requests running or waiting on it finish first; it stays listed
+        with its expiry set to now meanwhile. A request arriving before then uses it too, and its
+        own keep_alive then decides when the model goes (the last keep_alive given wins).
+        """
         loaded = self.loaded.get(digest)
         if loaded is None:
             return False
+        if loaded.users > 0:
+            log.info("unloading %s once its %d request(s) end", loaded.name, loaded.users)
+            loaded.keep_alive = 0  # use() arms the expiry when the last user leaves
+            loaded.expires_at = time.time()
+            return True
         await self._evict(loaded)
         return True
 
     def running(self) -> list[Loaded]:
-        """Loaded models, longest-lived first (models being unloaded are left out)."""
+        """Loaded models, longest-lived first (models already being closed are left out)."""
         alive = [l for l in self.loaded.values() if l.expires_at > 0]
         return sorted(alive, key=lambda l: l.expires_at, reverse=True)
 
@@ -163,7 +190,13 @@ class Scheduler:
             return
         loaded.expires_at = time.time() + loaded.keep_alive
         loop = asyncio.get_running_loop()
-        loaded.timer = loop.call_later(loaded.keep_alive, lambda: asyncio.ensure_future(self._expire(loaded)))
+        loaded.timer = loop.call_later(loaded.keep_alive, lambda: self._spawn(self._expire(loaded)))
+
+    def _spawn(self, aw) -> None:
+        """Run a background coroutine or future, holding a reference until it ends."""
+        task = asyncio.ensure_future(aw)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _expire(self, loaded: Loaded) -> None:
         if loaded.users == 0 and self.loaded.get(loaded.model.digest) is loaded:
@@ -171,15 +204,19 @@ class Scheduler:
             await self._evict(loaded)
 
     async def _evict(self, loaded: Loaded) -> None:
-        if self.loaded.get(loaded.model.digest) is loaded:
-            del self.loaded[loaded.model.digest]
-            totals = self.totals.setdefault(loaded.name, {})
-            for key, value in loaded.runner.stats.items():
-                totals[key] = totals.get(key, 0) + value
-        if loaded.timer:
-            loaded.timer.cancel()
-        loaded.expires_at = 0
-        await asyncio.to_thread(loaded.close)
+        """Unregister a model and close it, once: a second caller waits for the first one's close."""
+        if loaded.closing is None:  # no await before `closing` is set: two evictions cannot both start
+            if self.loaded.get(loaded.model.digest) is loaded:
+                del self.loaded[loaded.model.digest]
+                totals = self.totals.setdefault(loaded.name, {})
+                for key, value in loaded.runner.stats.items():
+                    totals[key] = totals.get(key, 0) + value
+            if loaded.timer:
+                loaded.timer.cancel()
+                loaded.timer = None
+            loaded.expires_at = 0
+            loaded.closing = asyncio.ensure_future(asyncio.to_thread(loaded.close))
+        await asyncio.shield(loaded.closing)
 
     async def _acquire(self, model: Model, options: RunnerOptions) -> Loaded:
         lock = self._locks.setdefault(model.digest, asyncio.Lock())
@@ -189,14 +226,42 @@ class Scheduler:
                 return current
             if current is not None:  # other runner options: reload once it is idle
                 await self._wait_idle(current)
-                await self._evict(current)
-            await self._make_room()
-            placement = await self._place(model, options)
-            loaded = await asyncio.wait_for(
-                asyncio.to_thread(self._load, model, options, placement), timeout=self.settings.load_timeout
-            )
-            self.loaded[model.digest] = loaded
-            return loaded
+                # meanwhile its keep_alive may have run out, or an unload or a make-room taken it
+                if self.loaded.get(model.digest) is current:
+                    await self._evict(current)
+            async with self._load_lock:
+                await self._make_room()
+                placement = await self._place(model, options)
+                loaded = await self._load_in_thread(model, options, placement)
+                self.loaded[model.digest] = loaded
+                return loaded
+
+    async def _load_in_thread(self, model: Model, options: RunnerOptions, placement: Plan) -> Loaded:
+        """`_load` in a worker thread, within OLLAMA_LOAD_TIMEOUT (0 or less: no limit).
+
+        A thread cannot be stopped: when the request gives up (timeout, or the client went away),
+        the model is closed as soon as the thread has loaded it, instead of being left loaded
+        and unaccounted for.
+        """
+        limit = self.settings.load_timeout
+        future = asyncio.get_running_loop().run_in_executor(None, self._load, model, options, placement)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout=limit if 0 < limit < FOREVER else None)
+        except BaseException as exc:
+            if future.done() and (future.cancelled() or future.exception() is not None):
+                raise  # the load itself failed: nothing was loaded
+            future.add_done_callback(self._close_late_load)  # loading (or loaded): close what it gives
+            if isinstance(exc, asyncio.TimeoutError):
+                log.warning("loading %s took longer than %g s (OLLAMA_LOAD_TIMEOUT)", model.name, limit)
+                raise ModelLoadError("timed out waiting for llama runner to start") from None
+            raise
+
+    def _close_late_load(self, future: asyncio.Future) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        loaded = future.result()
+        log.info("closing %s: it finished loading after its request gave up", loaded.name)
+        self._spawn(asyncio.to_thread(loaded.close))
 
     async def _place(self, model: Model, options: RunnerOptions) -> Plan:
         """Plan where the model goes; unload idle models (least recently used first) until it fits."""

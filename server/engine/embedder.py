@@ -42,6 +42,8 @@ class Embedder:
         """Raw pooled vectors, in input order (call from a worker thread)."""
         out: list[list[float]] = []
         with self.lock:
+            if self.ctx is None:
+                raise RuntimeError("model unloaded")
             i = 0
             while i < len(inputs):
                 group: list[list[int]] = []
@@ -78,8 +80,13 @@ class Embedder:
         return vectors
 
     def close(self) -> None:
-        C.llama_batch_free(self.batch)
-        C.llama_free(self.ctx)
+        """Free the context: after an embedding under way has finished; later calls do nothing."""
+        with self.lock:
+            if self.ctx is None:
+                return
+            C.llama_batch_free(self.batch)
+            C.llama_free(self.ctx)
+            self.ctx = None
 
 
 def normalize(vector: list[float]) -> list[float]:

@@ -183,10 +183,21 @@ class Runner:
             if not finished:
                 job.cancel()
                 with self._wake:
+                    # still waiting for a sequence: leave the queue now rather than at the next free
+                    # sequence, so it no longer counts toward OLLAMA_MAX_QUEUE (_admit pops under
+                    # the same lock: whichever sees the job first takes it out and counts it)
+                    for i, waiting in enumerate(self._pending):
+                        if waiting is job:
+                            del self._pending[i]
+                            self.active -= 1
+                            break
                     self._wake.notify()
 
     def close(self) -> None:
+        """Stop the decode thread (failing what is left) and free the context; later calls do nothing."""
         with self._wake:
+            if self._closing:
+                return
             self._closing = True
             self._wake.notify()
         self._thread.join()
@@ -221,10 +232,11 @@ class Runner:
         for seq in self.seqs:
             if seq.job is not None:
                 self._finish_failed(seq, "model unloaded", out)
-        while self._pending:
-            job = self._pending.popleft()
-            out.append((job, Failed("model unloaded")))
-            self.active -= 1
+        with self._wake:  # generate() may be taking a cancelled job out at the same time
+            while self._pending:
+                job = self._pending.popleft()
+                out.append((job, Failed("model unloaded")))
+                self.active -= 1
         self._post(out)
 
     def _post(self, out: list[tuple[Job, Event]]) -> None:
