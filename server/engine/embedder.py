@@ -18,8 +18,10 @@ class Embedder:
         self.model = model
         self.n_ctx = n_ctx
         self.n_seq = n_seq
+        # one batch holds at most n_ctx tokens of up to n_seq inputs and the cache is cleared before
+        # each, so one unified pool of n_ctx cells holds them all
         params = context_params(
-            n_ctx=n_ctx * n_seq, n_batch=n_ctx, n_seq_max=n_seq, n_threads=n_threads or default_threads(), embeddings=True
+            n_ctx=n_ctx, n_batch=n_ctx, n_seq_max=n_seq, n_threads=n_threads or default_threads(), embeddings=True
         )
         self.ctx = new_context(model, params)
         if C.llama_pooling_type(self.ctx) == C.LLAMA_POOLING_TYPE_NONE:
