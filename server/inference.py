@@ -225,8 +225,10 @@ class Inference:
         if params.raw:
             return params.prompt
         try:
+            think, level = self._template_think(params.think, model)
             return render_generate(model, params.prompt, system=params.system, suffix=params.suffix,
-                                   template=params.template, bos_token=bos)
+                                   template=params.template, bos_token=bos, history=not params.context,
+                                   think=think, think_level=level)
         except PromptError as exc:
             raise BadRequest(str(exc)) from exc
 
@@ -237,9 +239,19 @@ class Inference:
             messages.insert(0, {"role": "system", "content": model.system})
         tools = params.tools if _choice(params.tool_choice) != "none" else None
         try:
-            return render_chat(model, messages, tools=tools, think=_think_flag(params.think), bos_token=bos)
+            think, level = self._template_think(params.think, model)
+            return render_chat(model, messages, tools=tools, think=think, think_level=level, bos_token=bos)
         except PromptError as exc:
             raise BadRequest(str(exc)) from exc
+
+    def _template_think(self, think: bool | str | None, model: Model) -> tuple[bool | None, str | None]:
+        """(think, think level) for the template, as Ollama sets them: a thinking model's unset `think`
+        is true (level "medium"); a level string ("low", "high", ...) sets both."""
+        if think is None and "thinking" in self.capabilities(model):
+            think = True
+        if isinstance(think, str):
+            return (False, None) if _think_flag(think) is False else (None, think.lower())
+        return think, None
 
     def _fim_tokens(self, loaded: Loaded, prefix: str, suffix: str) -> list[int] | None:
         """`<fim_pre>prefix<fim_suf>suffix<fim_mid>` from the model's own FIM tokens (PSM order)."""

@@ -125,5 +125,6 @@ def _partial_suffix(text: str, tag: str) -> int:
 
 
 def prompt_opens_thinking(prompt: str) -> bool:
-    """Templates such as Qwen 3's end the prompt inside an open <think> block."""
-    return prompt.rfind(THINK_OPEN) > prompt.rfind(THINK_CLOSE)
+    """Templates such as Qwen 3's end the prompt inside an open <think> block (Ollama's test: the
+    prompt ends with the tag; a <think> quoted earlier in the conversation opens nothing)."""
+    return prompt.rstrip().endswith(THINK_OPEN)

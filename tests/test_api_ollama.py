@@ -297,3 +297,42 @@ def test_long_chat_drops_whole_old_messages(store_dir, model_files):
             inference.render_chat(ChatParams(model="tiny", messages=short), model)
     finally:
         llama.close()
+
+
+THINK_TEMPLATE = ("{{ range .Messages }}{{ .Role }}:{{ .Content }}\n{{ end }}"
+                  "think={{ .Think }} level={{ .ThinkLevel }} set={{ .IsThinkSet }}")
+
+
+def test_think_values_reach_the_template(client, corral_server):
+    """As Ollama: a thinking model's unset think is true (level medium); a level string is passed on;
+    /api/generate gets them too, and the Modelfile's MESSAGEs unless it continues a `context`."""
+    client.create(model="thinky", from_="tiny", template=THINK_TEMPLATE, stream=False,
+                  messages=[{"role": "user", "content": "earlier"}, {"role": "assistant", "content": "reply"}])
+    try:
+        def chat(**extra) -> str:
+            r = httpx.post(corral_server.url + "/api/chat", json={"model": "thinky", "_debug_render_only": True,
+                                                                "messages": [{"role": "user", "content": "hi"}],
+                                                                **extra}, timeout=60)
+            assert r.status_code == 200, r.text
+            return r.json()["_debug_info"]["rendered_template"]
+
+        def generate(**extra) -> str:
+            r = httpx.post(corral_server.url + "/api/generate", json={"model": "thinky", "prompt": "now",
+                                                                    "_debug_render_only": True, **extra}, timeout=60)
+            assert r.status_code == 200, r.text
+            return r.json()["_debug_info"]["rendered_template"]
+
+        assert chat().endswith("think=true level=medium set=true")
+        assert chat(think="high").endswith("think=true level=high set=true")
+        assert chat(think=False).endswith("think=false level= set=true")
+        assert generate(think="low") == "user:earlier\nassistant:reply\nuser:now\nthink=true level=low set=true"
+        assert generate(context=[1, 2]).startswith("user:now\n")
+    finally:
+        client.delete("thinky")
+
+
+def test_a_quoted_think_tag_opens_nothing():
+    from server.reply import prompt_opens_thinking
+
+    assert prompt_opens_thinking("<|im_start|>assistant\n<think>\n")
+    assert not prompt_opens_thinking("user: what does <think> do?<|im_end|>\n<|im_start|>assistant\n")

@@ -375,3 +375,32 @@ def test_tool_fields_and_json_forms() -> None:
 def test_think_values(think: bool | None, level: str | None, expected: str) -> None:
     template = "{{ .Think }}|{{ .ThinkLevel }}|{{ .IsThinkSet }}{{ range .Messages }}{{ end }}"
     assert render_chat(template, [{"role": "user", "content": "x"}], think=think, think_level=level) == expected
+
+
+# ---------------------------------------------------------------------------- built-in (Jinja) templates
+
+
+def test_builtin_templates_keep_their_newlines() -> None:
+    """For GGUFs without a template: the same turn layout as Ollama's gemma3 / llama3 / chatml templates."""
+    from server.template import builtin, jinja
+
+    assert jinja.render(builtin.GEMMA, CHAT, bos_token="<bos>") == (
+        "<bos><start_of_turn>user\nYou are a helpful assistant.\n\nHi!<end_of_turn>\n"
+        "<start_of_turn>model\nHello! How can I help?<end_of_turn>\n"
+        "<start_of_turn>user\nTell me a joke.<end_of_turn>\n"
+        "<start_of_turn>model\n"
+    )
+    assert jinja.render(builtin.LLAMA3, CHAT, bos_token="<|begin_of_text|>") == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nHello! How can I help?<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nTell me a joke.<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    assert jinja.render(builtin.CHATML, CHAT) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nHi!<|im_end|>\n"
+        "<|im_start|>assistant\nHello! How can I help?<|im_end|>\n"
+        "<|im_start|>user\nTell me a joke.<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )

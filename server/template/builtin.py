@@ -6,6 +6,7 @@ Written as Jinja so they render through the same path as GGUF templates.
 from __future__ import annotations
 
 # Gemma turn format: the system prompt is folded into the first user turn; the assistant is "model".
+# Newlines are written inside expressions: a `{%-`/`-%}` next to a literal newline would eat it.
 GEMMA = (
     "{{ bos_token }}"
     "{%- set system = namespace(text='') -%}"
@@ -15,27 +16,27 @@ GEMMA = (
     "{%- set first = namespace(done=false) -%}"
     "{%- for m in messages if m.role != 'system' -%}"
     "{%- set role = 'model' if m.role == 'assistant' else 'user' -%}"
-    "<start_of_turn>{{ role }}\n"
-    "{%- if role == 'user' and not first.done and system.text %}{{ system.text }}\n\n{% endif -%}"
+    "{{ '<start_of_turn>' + role + '\\n' }}"
+    "{%- if role == 'user' and not first.done and system.text -%}{{ system.text + '\\n\\n' }}{%- endif -%}"
     "{%- if role == 'user' %}{% set first.done = true %}{% endif -%}"
-    "{{ m.content | trim }}<end_of_turn>\n"
+    "{{ (m.content | trim) + '<end_of_turn>\\n' }}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt %}<start_of_turn>model\n{% endif -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
 )
 
 LLAMA3 = (
     "{{ bos_token }}"
     "{%- for m in messages -%}"
-    "<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n{{ m.content | trim }}<|eot_id|>"
+    "{{ '<|start_header_id|>' + m.role + '<|end_header_id|>\\n\\n' + (m.content | trim) + '<|eot_id|>' }}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif -%}"
+    "{%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif -%}"
 )
 
 CHATML = (
     "{%- for m in messages -%}"
-    "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+    "{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
 )
 
 BY_FAMILY = {

@@ -342,15 +342,18 @@ def render_generate(
     system: str = "",
     suffix: str = "",
     response: str = "",
+    history: list[dict] | None = None,
     think: bool | None = None,
     think_level: str | None = None,
 ) -> str:
     """Render an /api/generate prompt as Ollama does: with a suffix (and a prompt) the template
-    sees ``.Prompt .Suffix``; otherwise the request is the conversation [system?, user prompt]
-    (rendered with an empty, non-nil tool list), plus ``response`` as an assistant prefill."""
+    sees ``.Prompt .Suffix``; otherwise the request is the conversation [system?, *history, user
+    prompt] (``history``: the Modelfile's MESSAGEs; rendered with an empty, non-nil tool list),
+    plus ``response`` as an assistant prefill."""
     if suffix:
         return _execute(template_text, [], None, prompt=prompt, suffix=suffix, think=think, think_level=think_level)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    messages = (([{"role": "system", "content": system}] if system else []) + list(history or [])
+                + [{"role": "user", "content": prompt}])
     if response:
         messages.append({"role": "assistant", "content": response})
     return _execute(template_text, messages, [], think=think, think_level=think_level)

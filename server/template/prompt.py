@@ -65,8 +65,8 @@ def render_chat(
             return render_go(go_template, messages, tools or None, think=think, think_level=think_level)
         source = model.chat_template or builtin.for_family(model.details()["family"] or "")
         extra: dict[str, Any] = {}
-        if think is not None:
-            extra["enable_thinking"] = bool(think)
+        if think is not None or think_level:
+            extra["enable_thinking"] = bool(think) if think is not None else think_level in ("high", "medium", "low", "max")
         return jinja.render(
             source,
             _jinja_messages(messages),
@@ -88,19 +88,27 @@ def render_generate(
     template: str | None = None,
     bos_token: str = "",
     eos_token: str = "",
+    history: bool = True,
+    think: bool | None = None,
+    think_level: str | None = None,
 ) -> str:
-    """/api/generate: the prompt as one user turn (with the system prompt), through the template.
+    """/api/generate: the prompt as one user turn, after the system prompt and (with `history`,
+    Ollama's rule when the request brings no `context`) the Modelfile's MESSAGEs, through the template.
 
     With a suffix the Go template's `.Prompt`/`.Suffix` branch renders a fill-in-the-middle prompt.
     """
     system = system if system is not None else model.system
+    earlier = list(model.messages) if history else []
     go_template = template or model.template
     if go_template:
         from .ollama import render_generate as render_go
 
         try:
-            return render_go(go_template, prompt=prompt, system=system or "", suffix=suffix)
+            return render_go(go_template, prompt=prompt, system=system or "", suffix=suffix, history=earlier,
+                             think=think, think_level=think_level)
         except ValueError as exc:
             raise PromptError(str(exc)) from exc
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    return render_chat(model, messages, bos_token=bos_token, eos_token=eos_token)
+    messages = (([{"role": "system", "content": system}] if system else []) + earlier
+                + [{"role": "user", "content": prompt}])
+    return render_chat(model, messages, bos_token=bos_token, eos_token=eos_token, think=think,
+                       think_level=think_level)
