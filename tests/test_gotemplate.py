@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from server.template.gotemplate import Struct, TemplateError, go_json, parse
+from server.template.gotemplate import NilMap, NilSlice, Struct, TemplateError, go_json, parse
 
 
 def r(text: str, data: Any = None, **funcs: Any) -> str:
@@ -213,6 +213,74 @@ def test_current_date() -> None:
 def test_custom_functions() -> None:
     assert r("{{ shout .X }}", {"X": "hi"}, shout=lambda s: s.upper() + "!") == "HI!"
     assert r("{{ print zero }}", zero=lambda: 0) == "0"
+
+
+def test_html_js_urlquery_functions() -> None:
+    # text/template's HTMLEscapeString, JSEscapeString and url.QueryEscape
+    assert r('{{ html .S }}', {"S": "<a href=\"x\">'&'</a>\x00"}) == (
+        "&lt;a href=&#34;x&#34;&gt;&#39;&amp;&#39;&lt;/a&gt;\ufffd")
+    assert r('{{ js .S }}', {"S": "\"it's\" <b>=&\\\n\té\u2028"}) == (
+        '\\"it\\\'s\\" \\u003Cb\\u003E\\u003D\\u0026\\\\\\u000A\\u0009é\\u2028')
+    assert r('{{ urlquery "a b&c=d/é~-_." }}') == "a+b%26c%3Dd%2F%C3%A9~-_."
+    # several arguments (or a non-string) go through fmt.Sprint first; a pipeline feeds the last
+    assert r('{{ html "<" 1 2 }}') == "&lt;1 2"
+    assert r('{{ .L | urlquery }}', {"L": [1, 2]}) == "%5B1+2%5D"
+    assert r('{{ html }}') == ""
+
+
+def test_call_function() -> None:
+    data = {"Mul": lambda a, b: a * b, "Hi": lambda: "hi", "N": 1, "Nil": None}
+    assert r("{{ call .Mul 6 7 }}", data) == "42"
+    assert r("{{ call .Hi | printf \"%s!\" }}", data) == "hi!"
+    assert "non-function of type int" in exec_error("{{ call .N }}", data)
+    assert "call of nil" in exec_error("{{ call .Nil }}", data)
+    assert "want at least 1" in exec_error("{{ call }}", data)
+
+
+def test_printf_type_verb() -> None:
+    data = {"L": [1], "M": {"a": 1}, "F": 1.5, "S": Struct({"A": 1})}
+    assert r('{{ printf "%T %T %T %T %T %T" 1 "s" true .F .L .M }}', data) == (
+        "int string bool float64 []interface {} map[string]interface {}")
+    assert r('{{ printf "%T|%T" nil .Missing }}', data) == "<nil>|<nil>"
+    assert r('{{ printf "%T" .S }}', data) == "struct {}"
+
+    class Tools(list):
+        __go_type__ = "template.templateTools"
+
+    assert r('{{ printf "%T" .T }}', {"T": Tools()}) == "template.templateTools"
+    assert r('{{ printf "%T" .T }}', {"T": NilSlice("null", "template.templateTools")}) == "template.templateTools"
+
+
+def test_printf_star_width() -> None:
+    # Granite 3.2's document counter: len (printf "a%*s" $n "") is n + 1
+    assert r('{{ len (printf "a%*s" 3 "") }}') == "4"
+    assert r('{{ printf "[%*d|%-*d|%.*f]" 4 7 3 7 2 3.14159 }}') == "[   7|7  |3.14]"
+    assert r('{{ printf "%*d" -3 7 }}') == "7  "
+    assert r('{{ printf "%*s" "x" "y" }}') == "%!(BADWIDTH)y"
+    assert r('{{ printf "%.*f" -1 2.5 }}') == "%!(BADPREC)2.500000"
+    tmpl = ('{{- $n := 0 }}{{- range .L }}{{- $n = len (printf "a%*s" $n "") }}{{- end }}{{ $n }}')
+    assert r(tmpl, {"L": [1, 2, 3]}) == "3"
+
+
+def test_typed_nils_print_like_go() -> None:
+    # a nil []T prints [] and a nil map map[]; Ollama's templateTools.String() gives null for nil,
+    # templateProperties.String() {} -- all marshal as null and are empty/false
+    data = {
+        "Tools": NilSlice("null"), "Props": NilMap("{}"), "S": NilSlice(), "M": NilMap(),
+        "P": Struct({"Type": "object", "Properties": NilMap("{}")}, {"Type": "type", "Properties": "properties"}),
+    }
+    assert r("{{ .Tools }}|{{ .Props }}|{{ .S }}|{{ .M }}", data) == "null|{}|[]|map[]"
+    assert r("{{ json .Tools }}|{{ json .P }}", data) == 'null|{"type":"object","properties":null}'
+    assert r("{{ if .Tools }}y{{ else }}n{{ end }}{{ len .Props }}{{ range .S }}x{{ else }}e{{ end }}", data) == "n0e"
+    assert r("{{ print .Tools .M }}", data) == "null map[]"
+    assert r("{{ .P.Properties }}", data) == "{}"
+
+
+def test_parse_any_func_for_inspection() -> None:
+    tmpl = parse("{{ if .ToolCalls }}<tag>{{ nosuch .ToolCalls }}{{ end }}", any_func=True)
+    assert tmpl.root.nodes[0].list.nodes[0].text == "<tag>"
+    with pytest.raises(TemplateError, match='function "nosuch" not defined'):
+        tmpl.execute({"ToolCalls": [1]})
 
 
 # ---------------------------------------------------------------------------- errors

@@ -404,3 +404,13 @@ def test_builtin_templates_keep_their_newlines() -> None:
         "<|im_start|>user\nTell me a joke.<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
+
+
+def test_nil_tools_and_properties_print_as_ollama_does() -> None:
+    """Ollama's templateTools / templateProperties have String() methods: nil prints null / {}."""
+    hi = [{"role": "user", "content": "hi"}]
+    messages = "{{ range .Messages }}{{ end }}"  # a template without .Messages takes the legacy path
+    assert render_chat("{{ .Tools }}" + messages, hi) == "null"
+    assert render_chat("{{ .Tools }}" + messages, hi, []) == "[]"
+    bare = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    assert render_chat("{{ range .Tools }}{{ .Function.Parameters.Properties }}{{ end }}" + messages, hi, bare) == "{}"

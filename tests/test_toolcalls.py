@@ -219,12 +219,20 @@ def test_false_start_flushed_as_soon_as_impossible():
     assert p.finish() == []
 
 
-def test_first_key_rules_out_call():
+def test_unknown_first_key_is_held_until_the_object_ends():
+    # unknown keys ("thought", ...) are ignored in a call, so any first key may still be one
     p = ToolCallParser("llama3", NAMES)
-    assert p.feed('{"ar') == []  # could still be "arguments"
-    assert merge(p.feed('gs"')) == [Content('{"args"')]
+    assert p.feed('{"args"') == []
+    assert p.feed(': 1, "answer": 2') == []
+    assert merge(p.feed("} tail")) == [Content('{"args": 1, "answer": 2} tail')]
     p = ToolCallParser("llama3", NAMES)
-    assert merge(p.feed('{"answ')) == [Content('{"answ')]  # no call key starts with "answ"
+    assert p.feed('{"thought": "need the weather", ') == []
+    assert p.feed('"name": "get_weather", "arguments": {"city": "Paris"}}') == [W]
+    # but a non-string first key, or a list of non-objects, is no call at once
+    p = ToolCallParser("llama3", NAMES)
+    assert merge(p.feed("{1")) == [Content("{1")]
+    p = ToolCallParser("llama3", NAMES)
+    assert merge(p.feed("[1")) == [Content("[1")]
 
 
 def test_partial_marker_flushed_at_finish():
@@ -330,3 +338,322 @@ def test_detect_format():
     assert detect_format("{{ m.content }}", {"<|python_tag|>", "<|start_header_id|>"}) == "llama3"
     assert detect_format("", {"<tool_call>", "</tool_call>"}) == "hermes"
     assert detect_format(None, None) is None
+
+
+# -- tags taken from Go templates (Ollama's tools/template.go) ------------------------
+
+from server.engine.toolcalls import tag_format, template_tool_tag  # noqa: E402
+
+# Ollama library templates, verbatim
+GRANITE3_TEMPLATE = '''{{- if .Tools }}<|start_of_role|>available_tools<|end_of_role|>
+{{- range .Tools }}
+{{ . }}
+{{ end }}<|end_of_text|>
+{{ end }}
+{{- range $index, $_ := .Messages }}<|start_of_role|>
+{{- if eq .Role "tool" }}tool_response
+{{- else }}{{ .Role }}
+{{- end }}<|end_of_role|>
+{{- if .Content }}{{ .Content }}
+{{- else if .ToolCalls }}<|tool_call|>
+{{- range .ToolCalls }}{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}
+{{- end }}
+{{- end }}
+{{- if eq (len (slice $.Messages $index)) 1 }}
+{{- if eq .Role "assistant" }}
+{{- else }}<|end_of_text|>
+<|start_of_role|>assistant<|end_of_role|>
+{{- end }}
+{{- else }}<|end_of_text|>
+{{ end }}
+{{- end }}'''
+
+COMMAND_R_TEMPLATE = '''{{- if or .Tools .System }}<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>
+{{- if .Tools }}# Safety Preamble
+The instructions in this section override those in the task description and style guide sections. Don't answer questions that are harmful or immoral.
+
+## Available Tools
+Here is a list of tools that you have available to you:
+{{- range .Tools }}
+
+```python
+def {{ .Function.Name }}(
+{{- range $name, $property := .Function.Parameters.Properties }}{{ $name }}: {{ $property.Type }}, {{ end }}) -> List[Dict]:
+    \'\'\'{{ .Function.Description }}
+
+{{- if .Function.Parameters.Properties }}
+
+    Args:
+{{- range $name, $property := .Function.Parameters.Properties }}
+        {{ $name }} ({{ $property.Type }}): {{ $property.Description }}
+{{- end }}
+{{- end }}
+    \'\'\'
+    pass
+```
+{{- end }}
+{{- else if .System }}{{ .System }}
+{{- end }}<|END_OF_TURN_TOKEN|>
+{{- end }}
+{{- range .Messages }}
+{{- if eq .Role "system" }}
+{{- continue }}
+{{- end }}<|START_OF_TURN_TOKEN|>
+{{- if eq .Role "user" }}<|USER_TOKEN|>{{ .Content }}
+{{- if $.Tools }}<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>Write 'Action:' followed by a json-formatted list of actions that you want to perform in order to produce a good response to the user's last input. The list of actions you want to call should be formatted as a list of json objects, for example:
+```json
+[
+    {
+        "tool_name": title of the tool in the specification,
+        "parameters": a dict of parameters to input into the tool as they are defined in the specs, or {} if it takes no parameters
+    }
+]```
+{{- end }}
+{{- else if eq .Role "assistant" }}<|CHATBOT_TOKEN|>
+{{- if .Content }}{{ .Content }}
+{{- else if .ToolCalls }}
+Action: ```json
+[
+{{- range .ToolCalls }}
+    {
+        "tool_name": "{{ .Function.Name }}",
+        "parameters": {{ .Function.Arguments }}
+    }
+{{- end }}
+]```
+{{- end }}
+{{- else if eq .Role "tool" }}<|SYSTEM_TOKEN|><results>
+console_output: {{ .Content }}
+</results>
+{{- end }}<|END_OF_TURN_TOKEN|>
+{{- end }}<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>'''
+
+PHI4_MINI_TEMPLATE = '''{{- if or .System .Tools }}<|system|>{{ if .System }}{{ .System }}{{ end }}
+{{- if .Tools }}{{ if not .System }}You are a helpful assistant with some tools.{{ end }}<|tool|>{{ .Tools }}<|/tool|><|end|>
+{{- end }}
+{{- end }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 -}}
+{{- if ne .Role "system" }}<|{{ .Role }}|>{{ .Content }}
+{{- if .ToolCalls }}<|tool_call|>[{{ range .ToolCalls }}{"name":"{{ .Function.Name }}","arguments":{{ .Function.Arguments }}{{ end }}]<|/tool_call|>
+{{- end }}
+{{- if not $last }}<|end|>
+{{- end }}
+{{- if and (ne .Role "assistant") $last }}<|end|><|assistant|>{{ end }}
+{{- end }}
+{{- end }}'''
+
+GRANITE = detect_format(GRANITE3_TEMPLATE)
+COMMAND_R = detect_format(COMMAND_R_TEMPLATE)
+
+
+def test_detect_format_takes_the_tag_from_real_go_templates():
+    assert template_tool_tag(GRANITE3_TEMPLATE) == ("<|tool_call|>", "")
+    assert GRANITE == tag_format("<|tool_call|>") == "tag:<|tool_call|>"
+    assert template_tool_tag(COMMAND_R_TEMPLATE) == ("Action: ```json", "```")
+    assert COMMAND_R == tag_format("Action: ```json", "```")
+    assert template_tool_tag(PHI4_MINI_TEMPLATE) == ("<|tool_call|>", "<|/tool_call|>")
+    # the known formats still win, and templates without a tag stay "json"
+    assert detect_format('{{ if .ToolCalls }}<tool_call>{{ json . }}</tool_call>{{ end }}') == "hermes"
+    assert detect_format("{{ range .Messages }}{{ .Content }}{{ end }}") == "json"
+    assert detect_format('{{ if .ToolCalls }}{{ range .ToolCalls }}{"name": "{{ .Function.Name }}"}'
+                         '{{ end }}{{ end }}') == "json"
+    # a Jinja template is no Go template: no tag, no error
+    assert detect_format("{% if tools %}{{ tools | tojson }}{% endif %}{{ messages[0]['content'] }}") == "json"
+    # unknown functions do not hide the tag
+    assert detect_format("{{ if .ToolCalls }}<|calls|>{{ myfunc .ToolCalls }}{{ end }}") == "tag:<|calls|>"
+
+
+@pytest.mark.parametrize("template,tag", [
+    # Ollama's TestParseTag cases; a trailing "[" opens the JSON array here, so is not part of the tag
+    ("", None),
+    ("{{if .ToolCalls}}{{end}}", None),
+    ("{{if .ToolCalls}}{{range .ToolCalls}}{{ . }}{{end}}{{end}}", None),
+    ("{{if .ToolCalls}}```json\n{{end}}", "```json"),
+    ("{{if .ToolCalls}}[{{range .ToolCalls}}{{ . }}{{end}}]{{end}}", None),
+    ("{{if .ToolCalls}}\n [ {{range .ToolCalls}}{{ . }}{{end}}]{{end}}", None),
+    ("{{if .ToolCalls}}{{range .ToolCalls}}{{ . }}{{end}}]{{end}}", None),
+    ("{{if .ToolCalls}} {{range .ToolCalls}}{{ . }}{{end}}{{end}}", None),
+    ('{{if .ToolCalls}}{{range .ToolCalls}}\r\n{"name": "{{ .Function.Name }}"}{{end}}{{end}}', None),
+    ("{{if .ToolCalls}}<|tool▁calls▁begin|>{{range .ToolCalls}}<|tool▁call▁begin|>x{{end}}"
+     "<|tool▁calls▁end|>{{end}}",
+     "<|tool▁calls▁begin|>"),
+    ('{{if .ToolCalls}}{{range .ToolCalls}}<tool_call>{"name": "{{ .Function.Name }}"}<tool_call>{{end}}{{end}}',
+     "<tool_call>"),
+    ("{{if .ToolCalls}}First text{{if .Something}}inner{{end}}Second text{{end}}", "First text"),
+    ("{{if .ToolCalls}}Action: ```json{{end}}", "Action: ```json"),
+    ("{{if .ToolCalls}}functools[{{end}}", "functools"),
+    ("{{if .ToolCalls}}[TOOL_CALL] [{{end}}", "[TOOL_CALL]"),
+    ("{{if .ToolCalls}}[TOOL_CALL][{{end}}", "[TOOL_CALL]"),
+    # beyond Ollama: a range over the calls, or $var.ToolCalls, when there is no if
+    ("{{range $m := .Messages}}{{range $m.ToolCalls}}<|call|>{{json .Function}}{{end}}{{end}}", "<|call|>"),
+    ("{{range .Messages}}{{if $.X}}{{end}}{{if .ToolCalls}}{{.Content}}<|call|>{{end}}{{end}}", None),
+])
+def test_template_tool_tag_cases(template, tag):
+    got = template_tool_tag(template)
+    assert (got[0] if got else None) == tag
+
+
+def test_closer_from_the_template():
+    t = "{{if .ToolCalls}}<|tool▁calls▁begin|>{{range .ToolCalls}}{{json .}}{{end}}<|tool▁calls▁end|>{{end}}"
+    assert template_tool_tag(t) == ("<|tool▁calls▁begin|>", "<|tool▁calls▁end|>")
+
+
+def test_granite_list_after_tag():
+    text = ('<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris"}}, '
+            '{"name": "search", "arguments": {"q": "a;b", "n": 3}}]')
+    assert parse(GRANITE, text) == [W, S]
+
+
+def test_granite_objects_after_tag_with_content_before():
+    text = ('Let me look.<|tool_call|>{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+            '{"name": "search", "arguments": {"q": "a;b", "n": 3}}')
+    assert parse(GRANITE, text) == [Content("Let me look."), W, S]
+
+
+def test_granite_plain_json_and_answers():
+    # a grammar-forced call comes without the tag
+    assert parse(GRANITE, '[{"name": "get_weather", "arguments": {"city": "Paris"}}]') == [W]
+    text = "The weather in Paris is mild. <|tool_call|> is how I call tools."
+    assert parse(GRANITE, text) == [Content(text)]
+    text = '<|tool_call|>[{"name": "unknown_tool", "arguments": {}}] then text'
+    assert parse(GRANITE, text) == [Content(text)]
+
+
+def test_command_r_action_block():
+    text = ('Action: ```json\n[\n    {\n        "tool_name": "get_weather",\n'
+            '        "parameters": {"city": "Paris"}\n    },\n    {\n        "tool_name": "search",\n'
+            '        "parameters": {"q": "a;b", "n": 3}\n    }\n]\n```')
+    assert parse(COMMAND_R, text) == [W, S]
+    # the closing fence is dropped only right after the calls
+    text = ('Plan: look it up.\nAction: ```json\n[{"tool_name": "get_weather", "parameters": {"city": "Paris"}}]```'
+            '\nok ```')
+    assert parse(COMMAND_R, text) == [Content("Plan: look it up.\n"), W, Content("\nok ```")]
+
+
+def test_command_r_text_that_only_starts_like_the_tag():
+    text = "Action items:\n1. Action: ```python\nprint(1)\n```"
+    assert parse(COMMAND_R, text) == [Content(text)]
+    p = ToolCallParser(COMMAND_R, NAMES)
+    assert p.feed("Sure. Action: ``") == [Content("Sure. ")]  # the partial tag is held back
+    assert p.feed("`js") == []
+    assert merge(p.feed("!")) == [Content("Action: ```js!")]
+    assert p.finish() == []
+
+
+def test_tag_streams_without_leaking_the_tag():
+    text = 'Hi <|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris"}}]'
+    p = ToolCallParser(GRANITE, NAMES)
+    events = []
+    for ch in text:
+        got = p.feed(ch)
+        assert not any(isinstance(e, Content) and "<|" in e.text for e in got)
+        events += got
+    assert merge(events + p.finish()) == [Content("Hi "), W]
+    p = ToolCallParser(GRANITE, NAMES)
+    assert p.feed("x <|tool_ca") == [Content("x ")]
+    assert p.finish() == [Content("<|tool_ca")]
+
+
+def test_phi4_closing_tag_dropped():
+    fmt = detect_format(PHI4_MINI_TEMPLATE)
+    text = '<|tool_call|>[{"name":"get_weather","arguments":{"city": "Paris"}}]<|/tool_call|>'
+    assert parse(fmt, text) == [W]
+    assert parse(fmt, text + " done") == [W, Content(" done")]
+
+
+@pytest.mark.parametrize("fmt", [GRANITE, COMMAND_R])
+@pytest.mark.parametrize("text", [
+    "plain answer", "<|tool_call|>", "Action: ```json", "Action: ```json\n[", "<|tool_call|>[{\"name\": \"get_w",
+    "Action: ``", "```",
+])
+def test_no_text_lost_with_tags(fmt, text):
+    events = parse(fmt, text)
+    assert "".join(e.text for e in events if isinstance(e, Content)) == text
+    assert not any(isinstance(e, ToolCall) for e in events)
+
+
+TAG_SAMPLES = [
+    (GRANITE, 'Hi!<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris"}}]\n'
+              '<|tool_call|>{"name": "search", "arguments": {"q": "a;b", "n": 3}} tail <|tool_c'),
+    (COMMAND_R, 'Plan.\nAction: ```json\n[{"tool_name": "get_weather", "parameters": {"city": "Paris"}},'
+                ' {"tool_name": "search", "parameters": {"q": "a;b", "n": 3}}]\n``` after Action: ``'),
+]
+
+
+@pytest.mark.parametrize("fmt,text", TAG_SAMPLES, ids=["granite", "command-r"])
+def test_random_chunking_with_tags(fmt, text):
+    test_random_chunking_gives_same_events(fmt, text)
+
+
+def test_reply_parser_with_template_tags():
+    from server.reply import ReplyParser
+
+    for template, out in [
+        (COMMAND_R_TEMPLATE, 'Action: ```json\n[\n    {\n        "tool_name": "get_weather",\n'
+                             '        "parameters": {"city": "Paris"}\n    }\n]```'),
+        (GRANITE3_TEMPLATE, '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris"}}]'),
+    ]:
+        p = ReplyParser(think=False, tool_format=detect_format(template), tool_names=["get_weather"])
+        parts = [p.feed(ch) for ch in out] + [p.finish()]
+        assert "".join(x.content for x in parts) == ""
+        calls = [c for x in parts for c in x.tool_calls]
+        assert [(c["name"], c["arguments"]) for c in calls] == [("get_weather", {"city": "Paris"})]
+
+
+def test_tag_format_strings():
+    assert ToolCallParser("tag:<x>", NAMES).fmt == "tag:<x>"
+    with pytest.raises(ValueError):
+        ToolCallParser("tag:", NAMES)
+    with pytest.raises(ValueError):
+        tag_format("")
+
+
+# -- call objects ---------------------------------------------------------------------
+
+def test_tool_name_and_parameters_keys():
+    text = '{"tool_name": "get_weather", "parameters": {"city": "Paris"}}'
+    assert parse("json", text) == [W]
+    assert parse("hermes", "<tool_call>" + text + "</tool_call>") == [W]
+
+
+def test_unknown_keys_are_ignored():
+    text = ('{"thought": "I need the weather", "name": "get_weather", "arguments": {"city": "Paris"}, '
+            '"confidence": 0.9}')
+    assert parse("json", text) == [W]
+    assert parse("hermes", "<tool_call>" + text + "</tool_call>") == [W]
+    text = ('{"type": "function", "id": "c1", "index": 0, "function": {"name": "get_weather", '
+            '"arguments": "{\\"city\\": \\"Paris\\"}", "extra": true}}')
+    assert parse("json", text) == [W]
+    # but with no arguments, other keys mean it is no call
+    text = '{"answer": 42, "name": "get_weather"}'
+    assert parse("json", text) == [Content(text)]
+    assert parse("json", '{"name": "noargs", "id": "x"}') == [ToolCall("noargs", {})]
+
+
+def test_object_keyed_by_tool_name():
+    assert parse("json", '{"get_weather": {"city": "Paris"}}') == [W]
+    assert parse(GRANITE, '<|tool_call|>[{"get_weather": {"city": "Paris"}}]') == [W]
+    assert parse("json", '{"get_weather": "{\\"city\\": \\"Paris\\"}"}') == [W]
+    for text in ['{"weather": {"city": "Paris"}}', '{"search": "no results"}', '{"search": ""}',
+                 '{"search": {}, "get_weather": {}}']:
+        assert parse("json", text) == [Content(text)]
+    assert parse("json", '{"whatever": {}}', names=None) == [Content('{"whatever": {}}')]
+
+
+def test_hermes_closing_tag_inside_an_argument_string():
+    args = {"q": "what does </tool_call> mean?"}
+    text = "<tool_call>\n" + json.dumps({"name": "search", "arguments": args}) + "\n</tool_call> ok"
+    assert parse("hermes", text) == [ToolCall("search", args), Content(" ok")]
+    text = '<tool_call>{"name": "search", "arguments": {"q": "</tool_call>"}}'  # close tag missing at the end
+    assert parse("hermes", text) == [ToolCall("search", {"q": "</tool_call>"})]
+    text = '<tool_call>{"name": "search", "arguments": {"q": "</tool_call>"}} trailing</tool_call>'
+    assert parse("hermes", text) == [Content(text)]
+
+
+def test_rejected_json_start_does_not_swallow_a_following_marker():
+    # "{<" is no call; the "<" may start a marker, so it is scanned again (in every chunking)
+    text = '{<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>}'
+    assert parse("hermes", text) == [Content("{"), W, Content("}")]
+    text = '[<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris"}}]'
+    assert parse(GRANITE, text) == [Content("["), W]

@@ -11,13 +11,21 @@ Formats (``fmt``):
 * ``"mistral"``: ``[TOOL_CALLS] [{"name": .., "arguments": {..}}, ...]`` and the newer
   ``[TOOL_CALLS]name[ARGS]{...}`` (optionally ``name[CALL_ID]id[ARGS]{...}``), repeated.
 * ``"json"``: a JSON call object, or an array of them, at the start of the output.
-* ``None``: every marker above is recognised.
+* ``"tag:<TAG>"`` (see :func:`tag_format`): a tag taken from the model's Go template, as
+  Ollama's ``tools/template.go`` does (Granite's ``<|tool_call|>``, Command-R's
+  ``Action: ```json``), followed by a JSON call or array of calls; an optional closing
+  text (Command-R's closing fence, Phi-4's ``<|/tool_call|>``) right after the calls is
+  dropped too.
+* ``None``: every marker above (but template tags) is recognised.
 
 In every format a JSON call (object or array of call objects) at the very start of
 the output -- or right after a previous call -- is recognised too.  A call object
-is ``{"name": str, "arguments"|"parameters": object-or-JSON-string}``; an
-OpenAI-style ``{"type": "function", "function": {...}}`` wrapper and an ``"id"`` key
-are accepted.
+names the tool with ``"name"`` or ``"tool_name"`` (or ``"function"`` as a string) and
+carries its arguments in ``"arguments"`` or ``"parameters"`` (an object or a JSON
+string); other keys (``"id"``, ``"thought"``, ...) are ignored -- though an object with
+neither arguments nor only call keys (``{"answer": 42, "name": ..}``) is no call.  An
+OpenAI-style ``{"type": "function", "function": {...}}`` wrapper and, as in Ollama, an
+object keyed by a known tool name (``{"get_weather": {"city": ..}}``) are accepted.
 
 Streaming contract (``ToolCallParser``):
 
@@ -38,7 +46,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Collection, Iterable, Union
+
+from ..template import gotemplate as _gt
 
 __all__ = [
     "Content",
@@ -47,10 +58,15 @@ __all__ = [
     "ToolCallParser",
     "detect_format",
     "parse_tool_calls",
+    "tag_format",
+    "template_tool_tag",
     "FORMATS",
+    "TAG_PREFIX",
 ]
 
 FORMATS = ("hermes", "llama3", "mistral", "json")
+TAG_PREFIX = "tag:"  # "tag:<TAG>" or "tag:<TAG>\x00<CLOSER>": see tag_format()
+_TAG_SEP = "\x00"
 
 
 @dataclass(frozen=True)
@@ -81,11 +97,12 @@ _MARKERS = {
     None: (HERMES_OPEN, PYTHON_TAG, MISTRAL_TAG),
 }
 
-_CALL_KEYS = frozenset({"name", "arguments", "parameters", "function", "type", "id"})
+_NAME_KEYS = ("name", "tool_name")
+_ARG_KEYS = ("arguments", "parameters")
+_CALL_KEYS = frozenset({*_NAME_KEYS, *_ARG_KEYS, "function", "type", "id"})
 _WS = " \t\r\n"
 _NAME_CHARS = re.compile(r"[A-Za-z0-9_.:\-]*")
-_FIRST_KEY = re.compile(r'\{\s*"((?:[^"\\]|\\.)*)(")?')
-_NAME_VALUE = re.compile(r'\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)(")?')
+_NAME_VALUE = re.compile(r'\{\s*"(?:name|tool_name)"\s*:\s*"((?:[^"\\]|\\.)*)(")?')
 
 # results of the _try_* helpers
 _NEED = "need"  # could still become a call: wait for more text
@@ -96,8 +113,10 @@ def detect_format(template_text: str | None, vocab_tokens: Collection[str] | Non
     """Pick the tool-call format from a chat template (and optionally the vocabulary).
 
     ``<tool_call>`` -> hermes, ``[TOOL_CALLS]`` -> mistral, ``<|python_tag|>`` or the
-    Llama 3 header tokens -> llama3; otherwise "json".  ``None`` only when there is
-    neither a template nor a vocabulary hint.
+    Llama 3 header tokens -> llama3; else, for a Go template, the tag its
+    ``{{ if .ToolCalls }}`` block writes before the JSON (see :func:`template_tool_tag`)
+    -> ``"tag:<TAG>"``; otherwise "json".  ``None`` only when there is neither a
+    template nor a vocabulary hint.
     """
     text = template_text or ""
     if HERMES_OPEN in text:
@@ -106,6 +125,9 @@ def detect_format(template_text: str | None, vocab_tokens: Collection[str] | Non
         return "mistral"
     if PYTHON_TAG in text or "<|start_header_id|>" in text or "<|eot_id|>" in text:
         return "llama3"
+    tagged = template_tool_tag(text) if text else None
+    if tagged is not None:
+        return tag_format(*tagged)
     if vocab_tokens:
         # no hint in the template: fall back on the vocabulary's special tokens
         if HERMES_OPEN in vocab_tokens:
@@ -117,6 +139,110 @@ def detect_format(template_text: str | None, vocab_tokens: Collection[str] | Non
     if not text and not vocab_tokens:
         return None
     return "json"
+
+
+def tag_format(tag: str, closer: str = "") -> str:
+    """The format string for calls written after ``tag`` (and optionally closed by ``closer``)."""
+    if not tag:
+        raise ValueError("empty tool call tag")
+    return TAG_PREFIX + tag + (_TAG_SEP + closer if closer else "")
+
+
+def _split_tag_format(fmt: object) -> tuple[str, str] | None:
+    if isinstance(fmt, str) and fmt.startswith(TAG_PREFIX):
+        tag, _, closer = fmt[len(TAG_PREFIX):].partition(_TAG_SEP)
+        if tag:
+            return tag, closer
+    return None
+
+
+# -- the tag in a Go template (Ollama's tools/template.go parseTag) ------------------
+
+def _mentions_tool_calls(pipe: _gt.PipeNode) -> bool:
+    for cmd in pipe.cmds:
+        for arg in cmd.args:
+            if isinstance(arg, _gt.FieldNode) and "ToolCalls" in arg.idents:
+                return True
+            # beyond Ollama: `$msg.ToolCalls` too
+            if isinstance(arg, _gt.VariableNode) and "ToolCalls" in arg.idents[1:]:
+                return True
+    return False
+
+
+def _find_tool_call_node(nodes: list, kinds: tuple) -> _gt.BranchNode | None:
+    """Depth-first, the first ``kinds`` node (if/range/with) whose pipeline names ``.ToolCalls``."""
+    for node in nodes:
+        if isinstance(node, _gt.ListNode):
+            found = _find_tool_call_node(node.nodes, kinds)
+        elif isinstance(node, _gt.BranchNode):
+            if isinstance(node, kinds) and _mentions_tool_calls(node.pipe):
+                return node
+            found = _find_tool_call_node(node.list.nodes, kinds)
+            if found is None and node.else_list is not None:
+                found = _find_tool_call_node(node.else_list.nodes, kinds)
+        else:
+            continue
+        if found is not None:
+            return found
+    return None
+
+
+def _find_text(nodes: list, reverse: bool = False) -> str | None:
+    """The first (last) non-blank text, stopping at any action, as Ollama's findTextNode."""
+    for node in reversed(nodes) if reverse else nodes:
+        if isinstance(node, _gt.TextNode):
+            if node.text.strip():
+                return node.text
+        elif isinstance(node, _gt.ListNode):
+            text = _find_text(node.nodes, reverse)
+            if text is not None:
+                return text
+        elif isinstance(node, _gt.BranchNode):
+            text = _find_text(node.list.nodes, reverse)
+            if text is None and node.else_list is not None and not reverse:
+                text = _find_text(node.else_list.nodes, reverse)
+            return text
+        elif isinstance(node, _gt.ActionNode):
+            return None
+    return None
+
+
+@lru_cache(maxsize=64)
+def template_tool_tag(template_text: str) -> tuple[str, str] | None:
+    """``(tag, closer)`` for the tool calls a Go template writes, or None (plain JSON).
+
+    As Ollama's ``parseTag``: the first non-blank text inside the first
+    ``{{ if .ToolCalls }}`` (here also a ``range``/``with`` over them when there is no
+    such ``if``), up to any ``{``, trimmed.  A trailing ``[`` opens the JSON array of
+    calls rather than belonging to the tag (``<|tool_call|>[`` -> ``<|tool_call|>``).
+    ``closer``: the last text of that block after the JSON's final ``]``/``}``
+    (Command-R's closing fence), or "".
+    """
+    try:
+        tmpl = _gt.parse(template_text, any_func=True)
+    except _gt.TemplateError:
+        return None  # not a Go template (a Jinja chat template, say)
+    node = _find_tool_call_node(tmpl.root.nodes, (_gt.IfNode,))
+    if node is None:
+        node = _find_tool_call_node(tmpl.root.nodes, (_gt.RangeNode, _gt.WithNode))
+    if node is None:
+        return None
+    text = _find_text(node.list.nodes)
+    if text is None:
+        return None
+    tag = text.replace("\r\n", "\n").partition("{")[0].strip()
+    while tag.endswith("["):
+        tag = tag[:-1].rstrip()
+    if not tag:
+        return None
+    closer = ""
+    last = _find_text(node.list.nodes, reverse=True)
+    if last is not None:
+        cut = max(last.rfind("}"), last.rfind("]"))
+        closer = last[cut + 1:].replace("\r\n", "\n").strip()
+        if closer == tag or _TAG_SEP in closer:
+            closer = ""
+    return tag, closer
 
 
 class _JsonScan:
@@ -165,36 +291,56 @@ class _JsonScan:
         self.pos, self.in_str, self.esc = pos, in_str, esc
 
 
+def _args_from(value) -> dict | None:
+    """Call arguments: an object, a JSON string of one, or null/"" for none."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError:
+            return None
+    if value is None:
+        value = {}
+    return value if isinstance(value, dict) else None
+
+
 def _call_from_obj(obj, tool_names: frozenset[str] | None) -> ToolCall | None:
     if not isinstance(obj, dict):
         return None
-    if isinstance(obj.get("function"), dict) and "name" not in obj:
+    if isinstance(obj.get("function"), dict) and not any(k in obj for k in _NAME_KEYS):
         if obj.get("type", "function") != "function":
             return None
-        extra = set(obj) - {"type", "function", "id"}
-        if extra:
+        obj = obj["function"]  # OpenAI-style wrapper; its other keys ("id", ...) are ignored
+        if not isinstance(obj, dict):
             return None
-        obj = obj["function"]
-    if not set(obj) <= _CALL_KEYS or "function" in obj:
-        return None
-    name = obj.get("name")
-    if not isinstance(name, str) or not name:
-        return None
+    name = next((obj[k] for k in _NAME_KEYS if isinstance(obj.get(k), str) and obj[k]), None)
+    if name is None and isinstance(obj.get("function"), str) and obj["function"]:
+        name = obj["function"]
+    if name is None:
+        return _keyed_call(obj, tool_names)
     if tool_names is not None and name not in tool_names:
         return None
-    if "arguments" in obj and "parameters" in obj:
+    key = next((k for k in _ARG_KEYS if k in obj), None)
+    if key is None:
+        # no arguments: a call only if nothing else is there ({"answer": 42, "name": ..} is not)
+        return ToolCall(name, {}) if set(obj) <= _CALL_KEYS else None
+    args = _args_from(obj[key])
+    if args is None and key == "arguments" and "parameters" in obj:
+        args = _args_from(obj["parameters"])
+    return None if args is None else ToolCall(name, args)
+
+
+def _keyed_call(obj: dict, tool_names: frozenset[str] | None) -> ToolCall | None:
+    """``{"get_weather": {"city": ..}}``: an object keyed by a known tool name (as Ollama)."""
+    if tool_names is None:
         return None
-    args = obj.get("arguments", obj.get("parameters", {}))
-    if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except ValueError:
-            return None
-    if args is None:
-        args = {}
-    if not isinstance(args, dict):
+    keys = [k for k in obj if k in tool_names]
+    if len(keys) != 1:
         return None
-    return ToolCall(name, args)
+    value = obj[keys[0]]
+    if not isinstance(value, (dict, str)) or value == "":  # an object, or the JSON text of one
+        return None
+    args = _args_from(value)
+    return None if args is None else ToolCall(keys[0], args)
 
 
 def _calls_from_json(text: str, tool_names: frozenset[str] | None) -> list[ToolCall] | None:
@@ -218,11 +364,17 @@ class ToolCallParser:
     """Incremental tool-call parser; see the module docstring for the contract."""
 
     def __init__(self, fmt: str | None, tool_names: Iterable[str] | None) -> None:
-        if fmt not in _MARKERS:
-            raise ValueError(f"unknown tool call format {fmt!r}; expected one of {FORMATS} or None")
+        tagged = _split_tag_format(fmt)
+        if tagged is None and fmt not in _MARKERS:
+            raise ValueError(f"unknown tool call format {fmt!r}; expected one of {FORMATS}, "
+                             f"'{TAG_PREFIX}<TAG>' or None")
         self.fmt = fmt
         self.tool_names = None if tool_names is None else frozenset(tool_names)
-        self._markers = _MARKERS[fmt]
+        self._markers = (tagged[0],) if tagged else _MARKERS[fmt]
+        self._closer = tagged[1] if tagged else ""  # optional text closing a tag's calls
+        self._closer_ok = False  # the closer may come next
+        self._head = max((len(m) for m in self._markers), default=1)
+        self._name_prefixes = frozenset(t[:k] for t in self.tool_names or () for k in range(len(t) + 1))
         self._buf = ""
         self._json_ok = True  # a JSON call may start at the head of the buffer (after whitespace)
         self._after_call = False  # the last thing emitted was a tool call
@@ -288,10 +440,22 @@ class ToolCallParser:
         self._consume(n)
         self._after_call = True
         self._json_ok = True
+        self._closer_ok = bool(self._closer)
 
     def _step(self, final: bool, out: list[Event]) -> bool:
         """Make progress on the buffer; False when it must wait for more text."""
         buf = self._buf
+        if self._closer_ok:  # right after a tag's calls: drop its closing text
+            j = 0
+            while j < len(buf) and buf[j] in _WS:
+                j += 1
+            if buf.startswith(self._closer, j):
+                self._closer_ok = False
+                self._consume(j + len(self._closer))
+                return True
+            if not final and self._closer.startswith(buf[j:]):
+                return False  # blank, or a prefix of the closer: wait
+            self._closer_ok = False
         if self._json_ok:
             j = 0
             while j < len(buf) and buf[j] in _WS:
@@ -302,7 +466,7 @@ class ToolCallParser:
                     self._consume(len(buf))
                 return False
             ch = buf[j]
-            head = buf[j:j + 16]
+            head = buf[j:j + self._head]
             at_marker = any(head.startswith(m) or m.startswith(head) for m in self._markers)
             if ch == ";" and self._after_call:
                 self._consume(j + 1)
@@ -387,40 +551,47 @@ class ToolCallParser:
 
     def _plausible(self, text: str) -> bool:
         """Could ``text`` (the start of a JSON value) still become a call?"""
-        i = 0
+        return self._implausible_at(text) is None
+
+    def _implausible_at(self, text: str) -> int | None:
+        """Length of the shortest prefix of ``text`` that can no longer start a call; None if none.
+
+        Depends on the text only, never on how it was split into chunks, so that a
+        rejected candidate ends at the same place however the output arrives.  Looks at
+        the head only: ``[``, ``{``, the first key's opening quote (any first key will do:
+        unknown keys such as "thought" are ignored in a call) and, when the first key is
+        ``name``/``tool_name``, whether its value is (a prefix of) a tool name.
+        """
+        n, i = len(text), 0
         if text.startswith("["):
             i = 1
-            while i < len(text) and text[i] in _WS:
+            while i < n and text[i] in _WS:
                 i += 1
-            if i == len(text):
-                return True
+            if i == n:
+                return None
             if text[i] != "{":
-                return False
-        obj = text[i:]
-        j = 1
-        while j < len(obj) and obj[j] in _WS:
+                return i + 1
+        j = i + 1
+        while j < n and text[j] in _WS:
             j += 1
-        if j == len(obj):
-            return True
-        if obj[j] != '"':
-            return False
-        m = _FIRST_KEY.match(obj)
-        if m:
-            key = m.group(1)
-            if m.group(2):
-                if key not in _CALL_KEYS:
-                    return False
-            elif not any(k.startswith(key) for k in _CALL_KEYS):
-                return False
-        m = _NAME_VALUE.match(obj)
-        if m and self.tool_names is not None:
-            name = m.group(1)
-            if m.group(2):
-                if name not in self.tool_names:
-                    return False
-            elif not any(t.startswith(name) for t in self.tool_names):
-                return False
-        return True
+        if j == n:
+            return None
+        if text[j] != '"':
+            return j + 1
+        if self.tool_names is None:
+            return None
+        m = _NAME_VALUE.match(text, i)
+        if m is None:
+            return None
+        prefixes = self._name_prefixes
+        k = m.start(1)
+        while k < m.end(1):  # one character or escape at a time, as the chunks may end
+            k += 2 if text[k] == "\\" else 1
+            if text[m.start(1):k] not in prefixes:
+                return k
+        if m.group(2) and m.group(1) not in self.tool_names:
+            return m.end(2)
+        return None
 
     def _scan_json(self, buf: str, start: int) -> _JsonScan:
         if self._scan is None or self._scan.start != start:
@@ -431,13 +602,17 @@ class ToolCallParser:
     def _try_json(self, buf: str, start: int, final: bool):
         """JSON call object / array of call objects starting at ``buf[start]``."""
         scan = self._scan_json(buf, start)
+        bad = self._implausible_at(buf[start:scan.pos])
+        if bad is not None:  # the text before the offending character is no call (that one may start a marker)
+            self._bad_end = start + bad - 1
+            return _BAD
         if scan.error:
             self._bad_end = scan.pos
             return _BAD
         if not scan.done:
-            if not final and self._plausible(buf[start:scan.pos]):
+            if not final:
                 return _NEED
-            self._bad_end = len(buf) if final else scan.pos
+            self._bad_end = len(buf)
             return _BAD
         calls = _calls_from_json(buf[start:scan.pos], self.tool_names)
         if calls is None:
@@ -475,14 +650,8 @@ class ToolCallParser:
         return _NEED
 
     def _try_hermes(self, buf: str, at: int, body: int, final: bool):
-        close = buf.find(HERMES_CLOSE, body)
-        if close >= 0:
-            end = close + len(HERMES_CLOSE)
-            calls = _calls_from_json(buf[body:close], self.tool_names)
-            if calls is None:
-                self._bad_end = end
-                return _BAD
-            return calls, end
+        # The JSON is scanned (string-aware) before looking for the closing tag: a
+        # "</tool_call>" inside an argument string does not end the call.
         j = self._skip_ws(buf, body, final)
         if isinstance(j, str):  # _NEED or _BAD
             return j
@@ -490,24 +659,36 @@ class ToolCallParser:
             self._bad_end = body
             return _BAD
         scan = self._scan_json(buf, j)
-        if scan.error or (not scan.done and not self._plausible(buf[j:scan.pos])):
+        if scan.error or not self._plausible(buf[j:scan.pos]):
             self._bad_end = body
             return _BAD
-        if scan.done:
-            rest = buf[scan.pos:].lstrip(_WS)
-            if rest and not HERMES_CLOSE.startswith(rest):
-                self._bad_end = body
+        if not scan.done:
+            if final:
+                self._bad_end = len(buf)
                 return _BAD
-            if final:  # closing tag missing at the end of output: accept the call
-                calls = _calls_from_json(buf[j:scan.pos], self.tool_names)
-                if calls is None:
-                    self._bad_end = len(buf)
-                    return _BAD
-                return calls, len(buf)
-        if final:
+            return _NEED
+        k = scan.pos
+        while k < len(buf) and buf[k] in _WS:
+            k += 1
+        if buf.startswith(HERMES_CLOSE, k):
+            end = k + len(HERMES_CLOSE)
+            calls = _calls_from_json(buf[j:scan.pos], self.tool_names)
+            if calls is None:
+                self._bad_end = end
+                return _BAD
+            return calls, end
+        rest = buf[k:]
+        if rest and not HERMES_CLOSE.startswith(rest):
+            self._bad_end = body
+            return _BAD
+        if not final:
+            return _NEED
+        # closing tag missing (or cut short) at the end of output: accept the call
+        calls = _calls_from_json(buf[j:scan.pos], self.tool_names)
+        if calls is None:
             self._bad_end = len(buf)
             return _BAD
-        return _NEED
+        return calls, len(buf)
 
     def _try_mistral_named(self, buf: str, at: int, j: int, final: bool):
         """``[TOOL_CALLS]name[ARGS]{...}`` (optionally ``name[CALL_ID]id[ARGS]{...}``)."""

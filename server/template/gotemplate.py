@@ -6,7 +6,10 @@ Pipeline: ``_lex`` turns the source into tokens, ``_Parser`` builds a small node
 Data model: ``dict`` is a Go map (``.Key`` looks up a key, ``range`` walks sorted keys),
 ``list``/``tuple`` a slice, ``None`` nil, and :class:`Struct` a Go struct (ordered fields with
 optional ``json`` tags).  A value may define ``__go_str__()`` (a Go ``String()`` method, used when
-printing) and ``__go_json__()`` (a ``MarshalJSON``, used by the ``json`` function).
+printing), ``__go_json__()`` (a ``MarshalJSON``, used by the ``json`` function) and
+``__go_type__`` (its Go type name, for ``printf "%T"``).  :class:`NilSlice` and :class:`NilMap`
+are typed nils: empty like ``[]``/``{}``, but printed and marshalled as Go prints a nil of
+their type (``[]``/``map[]``, or what the type's ``String()`` returns; ``null`` in JSON).
 
 Deliberate differences from Go:
 * a missing map key or struct field, or a field of nil, yields nil, and nil printed by an
@@ -21,12 +24,14 @@ import datetime
 import json
 import operator
 import re
+import urllib.parse
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Callable
 
 __all__ = [
-    "TemplateError", "Template", "Struct", "parse", "go_json", "go_sprint", "truth", "BUILTINS",
+    "TemplateError", "Template", "Struct", "NilSlice", "NilMap", "parse", "go_json", "go_sprint",
+    "go_type", "truth", "BUILTINS",
     "Node", "TextNode", "ListNode", "PipeNode", "CommandNode", "ActionNode", "BranchNode", "IfNode",
     "WithNode", "RangeNode", "BreakNode", "ContinueNode", "FieldNode", "VariableNode", "ChainNode",
     "IdentifierNode", "DotNode", "NilNode", "LiteralNode",
@@ -70,6 +75,43 @@ class Struct:
         return f"Struct({self.fields!r})"
 
 
+class NilSlice(list):
+    """A nil Go slice: ranges, tests and counts as empty; prints ``text`` (Go's ``[]`` unless
+    the type has a ``String()`` method, e.g. Ollama's ``templateTools`` prints ``null``);
+    marshals as ``null``."""
+
+    def __init__(self, text: str = "[]", go_type: str = "[]interface {}") -> None:
+        super().__init__()
+        self._text, self.__go_type__ = text, go_type
+
+    def __go_str__(self) -> str:
+        return self._text
+
+    def __go_json__(self) -> str:
+        return "null"
+
+    def __go_empty__(self) -> bool:
+        return True
+
+
+class NilMap(dict):
+    """A nil Go map: like :class:`NilSlice`; Go prints ``map[]`` unless the type has a
+    ``String()`` method (Ollama's ``templateProperties``/``templateArgs`` print ``{}``)."""
+
+    def __init__(self, text: str = "map[]", go_type: str = "map[string]interface {}") -> None:
+        super().__init__()
+        self._text, self.__go_type__ = text, go_type
+
+    def __go_str__(self) -> str:
+        return self._text
+
+    def __go_json__(self) -> str:
+        return "null"
+
+    def __go_empty__(self) -> bool:
+        return True
+
+
 # ---------------------------------------------------------------------------- values
 
 
@@ -91,7 +133,11 @@ def _is_empty(v: Any) -> bool:
     return v is None or (not isinstance(v, Struct) and not truth(v))
 
 
-def _go_type(v: Any) -> str:
+def go_type(v: Any) -> str:
+    """The Go type name ``%T`` prints for a value (JSON data decodes to interface{} values)."""
+    named = getattr(v, "__go_type__", None)
+    if isinstance(named, str):
+        return named
     if v is None:
         return "<nil>"
     for t, name in ((bool, "bool"), (int, "int"), (float, "float64"), (str, "string")):
@@ -101,7 +147,14 @@ def _go_type(v: Any) -> str:
         return "[]interface {}"
     if isinstance(v, dict):
         return "map[string]interface {}"
+    if isinstance(v, Struct):
+        return "struct {}"
+    if callable(v):
+        return "func(...interface {}) interface {}"
     return type(v).__name__
+
+
+_go_type = go_type
 
 
 def _float_digits(f: float) -> tuple[str, int]:
@@ -211,6 +264,8 @@ def go_sprint(v: Any) -> str:
 
 
 # ---------------------------------------------------------------------------- functions
+
+_MISSING_ARG = object()
 
 
 def _num_kind(v: Any) -> str | None:
@@ -334,24 +389,47 @@ def _go_quote(s: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-_VERB = re.compile(r"%([-+# 0]*)(\d+)?(?:\.(\d*))?([a-zA-Z%])")
+_VERB = re.compile(r"%([-+# 0]*)(\d+|\*)?(?:\.(\d*|\*))?([a-zA-Z%])")
 
 
 def _sprintf(fmt: str, *args: Any) -> str:
     """fmt.Sprintf for the common verbs (v s q d t f e g x X c %)."""
     argi = 0
 
+    def star() -> str | None:
+        """A ``*`` width/precision: the next argument, an int (else Go's BADWIDTH/BADPREC)."""
+        nonlocal argi
+        if argi < len(args) and isinstance(args[argi], int) and not isinstance(args[argi], bool):
+            argi += 1
+            return str(args[argi - 1])
+        argi += argi < len(args)
+        return None
+
     def one(m: re.Match[str]) -> str:
         nonlocal argi
         flags, width, prec, verb = m.groups()
         if verb == "%":
             return "%"
+        bad = ""
+        if width == "*":
+            width = star()
+            if width is None:
+                bad += "%!(BADWIDTH)"
+            elif width.startswith("-"):
+                flags, width = flags + "-", width[1:]
+        if prec == "*":
+            prec = star()
+            if prec is None or prec.startswith("-"):  # Go: a negative precision is bad too
+                bad += "%!(BADPREC)"
+                prec = None
         if argi >= len(args):
-            return f"%!{verb}(MISSING)"
+            return f"{bad}%!{verb}(MISSING)"
         a = args[argi]
         argi += 1
         p = int(prec) if prec else (0 if prec == "" else None)
-        if verb == "v":
+        if verb == "T":
+            s = go_type(a)
+        elif verb == "v":
             s = go_sprint(a)
         elif verb == "s" and not isinstance(a, (bool, int, float)):
             s = go_sprint(a)[:p] if p is not None else go_sprint(a)
@@ -380,7 +458,7 @@ def _sprintf(fmt: str, *args: Any) -> str:
                 s = sign + "0" * pad + s[len(sign):]
             else:
                 s = " " * pad + s
-        return s
+        return bad + s
 
     out = _VERB.sub(one, fmt)
     if argi < len(args):
@@ -395,6 +473,52 @@ def _json(v: Any) -> str:
         return go_json(v)
     except TemplateError:
         return ""
+
+
+def _eval_args(args: tuple[Any, ...]) -> str:
+    """text/template's evalArgs: a lone string as is, else fmt.Sprint of the arguments."""
+    if len(args) == 1 and isinstance(args[0], str):
+        return args[0]
+    return _sprint(*args)
+
+
+_HTML_ESC = {"\0": "\ufffd", '"': "&#34;", "'": "&#39;", "&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_JS_ESC = {"\\": "\\\\", "'": "\\'", '"': '\\"', "<": "\\u003C", ">": "\\u003E", "&": "\\u0026",
+           "=": "\\u003D"}
+
+
+def _html(*args: Any) -> str:
+    """Go's ``html``: template.HTMLEscapeString of the arguments."""
+    return re.sub("[\0\"'&<>]", lambda m: _HTML_ESC[m.group()], _eval_args(args))
+
+
+def _js_char(ch: str) -> str:
+    if ch in _JS_ESC:
+        return _JS_ESC[ch]
+    if ch < " ":
+        return f"\\u00{ord(ch):02X}"
+    return ch if ch.isprintable() else f"\\u{ord(ch):04X}"
+
+
+def _js(*args: Any) -> str:
+    """Go's ``js``: template.JSEscapeString of the arguments."""
+    return "".join(_js_char(ch) if ch in _JS_ESC or ch < " " or ch >= "\x80" else ch for ch in _eval_args(args))
+
+
+def _urlquery(*args: Any) -> str:
+    """Go's ``urlquery``: url.QueryEscape of the arguments."""
+    return urllib.parse.quote_plus(_eval_args(args), safe="")
+
+
+def _call(fn: Any = _MISSING_ARG, *args: Any) -> Any:
+    """Go's ``call``: call a function value (a Python callable in the data) with the arguments."""
+    if fn is _MISSING_ARG:
+        raise ValueError("wrong number of args for call: want at least 1 got 0")
+    if fn is None:
+        raise ValueError("call of nil")
+    if not callable(fn) or isinstance(fn, type):
+        raise ValueError(f"non-function of type {go_type(fn)}")
+    return fn(*args)
 
 
 def _current_date(*_args: Any) -> str:
@@ -425,6 +549,7 @@ BUILTINS: dict[str, Callable[..., Any]] = {
     "gt": _ordered(operator.gt), "ge": _ordered(operator.ge),
     "len": _len, "index": _index, "slice": _slice,
     "print": _sprint, "printf": _sprintf, "println": _sprintln,
+    "html": _html, "js": _js, "urlquery": _urlquery, "call": _call,
     "json": _json, "currentDate": _current_date, "yesterdayDate": _yesterday_date,
 }
 
@@ -1107,7 +1232,9 @@ class _Exec:
         return value
 
     def call(self, dot: Any, ident: IdentifierNode, args: list[Node], final: Any) -> Any:
-        fn = self.funcs[ident.name]
+        fn = self.funcs.get(ident.name)
+        if fn is None:
+            raise self.error(f'function "{ident.name}" not defined', ident)
         if fn is _and or fn is _or:  # short-circuit, like Go 1.18+
             nodes: list[Any] = list(args) + ([] if final is _MISSING else [final])
             if not nodes:
@@ -1154,7 +1281,16 @@ class Template:
         return "".join(ex.out)
 
 
-def parse(text: str, funcs: dict[str, Callable[..., Any]] | None = None) -> Template:
-    """Parse ``text``; ``funcs`` adds to (or overrides) :data:`BUILTINS`."""
+class _AnyFuncs(dict):
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+def parse(text: str, funcs: dict[str, Callable[..., Any]] | None = None, *, any_func: bool = False) -> Template:
+    """Parse ``text``; ``funcs`` adds to (or overrides) :data:`BUILTINS`.
+
+    ``any_func``: accept calls of unknown functions too (to inspect a template's tree;
+    executing such a call fails)."""
     all_funcs = {**BUILTINS, **(funcs or {})}
-    return Template(_Parser(text, all_funcs).parse(), text, all_funcs)
+    parser_funcs = _AnyFuncs(all_funcs) if any_func else all_funcs
+    return Template(_Parser(text, parser_funcs).parse(), text, all_funcs)

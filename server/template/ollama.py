@@ -20,7 +20,7 @@ from typing import Any
 
 from .gotemplate import (
     ActionNode, BranchNode, CommandNode, FieldNode, ListNode, Node, PipeNode, Struct, Template,
-    VariableNode, BUILTINS, go_json, parse,
+    VariableNode, BUILTINS, NilMap, NilSlice, go_json, parse,
 )
 
 __all__ = ["render_chat", "render_generate", "template_variables"]
@@ -107,7 +107,8 @@ def _tool(t: dict) -> Struct:
                 "Defs": params.get("$defs"),
                 "Items": params.get("items"),
                 "Required": list(params.get("required") or []),
-                "Properties": _JSONMap({k: _property(v) for k, v in props.items()}) if isinstance(props, dict) else None,
+                "Properties": (_JSONMap({k: _property(v) for k, v in props.items()}) if isinstance(props, dict)
+                               else NilMap("{}", "template.templateProperties")),
             }, {"Type": "type", "Defs": "$defs,omitempty", "Items": "items,omitempty",
                 "Required": "required,omitempty", "Properties": "properties"}),
         }, {"Name": "name", "Description": "description", "Parameters": "parameters"}),
@@ -290,7 +291,7 @@ def _execute(
         return tmpl.execute({
             "System": system,
             "Messages": [_message(m) for m in msgs],
-            "Tools": None if tools is None else _JSONList(_tool(t) for t in tools),
+            "Tools": NilSlice("null", "template.templateTools") if tools is None else _JSONList(_tool(t) for t in tools),
             "Response": "",
             **tv,
         })
