@@ -13,8 +13,9 @@ an absolute path to a GGUF file on the server.
 
 Everything that can be wrong with a request is checked before the first progress object, so it
 fails with a proper status (400/404) and writes nothing; the manifest is written last, only when
-every layer exists. Blobs uploaded before a failed create stay, as in Ollama (a later delete prunes
-them).
+every layer exists. Blobs uploaded before a failed create stay, as in Ollama. Re-creating a name
+removes the layers of the manifest it replaced that no manifest uses any more (not with
+OLLAMA_NOPRUNE).
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ class Plan:
     messages: list[dict] | None = None
     quantize: tuple[int, str] | None = None
     requires: str | None = None
+    replaced: Any = None  # set by build: the store Entry the new manifest replaced
+    written: mf.Manifest | None = None  # set by build: the manifest written
 
 
 # ---- validation ----------------------------------------------------------------------------
@@ -163,10 +166,23 @@ def _normalize_parameters(params: dict[str, Any]) -> dict[str, Any]:
                 value = mfile.typed_parameter(key, value)
             except mfile.ModelfileError as exc:
                 raise CreateError(str(exc)) from None
-        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is float and number:
+            try:
+                ok = mfile.valid_float(float(value))  # a 400-digit int: OverflowError
+            except OverflowError:
+                ok = False
+            if not ok:
+                raise CreateError(f"invalid float value {value}")
             out[key] = value
-        elif kind is int and isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
-            out[key] = int(value)
+        elif kind is int and number:
+            if isinstance(value, float):
+                if not (mfile.valid_float(value) and value.is_integer()):
+                    raise CreateError(f"invalid int value {value}")
+                value = int(value)
+            if not mfile.valid_int(value):
+                raise CreateError(f"invalid int value {value}")
+            out[key] = value
         elif kind is bool and isinstance(value, bool):
             out[key] = value
         elif kind is list and isinstance(value, str):
@@ -176,6 +192,18 @@ def _normalize_parameters(params: dict[str, Any]) -> dict[str, Any]:
         else:
             raise CreateError(f"invalid value for parameter '{key}': {value!r}")
     return out
+
+
+def check_template(text: str) -> None:
+    """Ollama's setTemplate: a TEMPLATE that does not parse as a Go template fails the create
+    (errBadTemplate, 400) before anything is written."""
+    from .template.gotemplate import TemplateError
+    from .template.ollama import template_variables
+
+    try:
+        template_variables(text)
+    except (TemplateError, RecursionError) as exc:
+        raise CreateError(f"template error: {exc}") from None
 
 
 def _license(value: str | list[str] | None) -> list[str] | None:
@@ -253,6 +281,8 @@ async def plan(store: Store, req: CreateSpec) -> Plan:
     for relpath in list(files) + list(adapters):
         check_relpath(relpath)
     p.template, p.system, p.license, p.messages = template, system, license_, messages
+    if p.template is not None:
+        check_template(p.template)
     p.parameters = _normalize_parameters(parameters) if parameters else None
     for m in p.messages or []:
         if m["role"] not in ("system", "user", "assistant", "tool"):
@@ -355,11 +385,25 @@ def _model_file_type(store: Store, p: Plan) -> str:
 async def create(store: Store, req: CreateSpec, *, threads: int | None = None) -> AsyncIterator[dict]:
     """Validate (before the first item: errors get a status), then build and yield Ollama's progress."""
     p = await plan(store, req)
-    async for item in build(store, p, threads=threads):
-        yield item
+    # the blobs the new model is made of stay, whatever a concurrent delete removes
+    digests = [s.digest for s in p.sources + p.adapters]
+    if p.base is not None:
+        digests += p.base.manifest.digests()
+    with store.pin(digests):
+        async for item in build(store, p, threads=threads):
+            yield item
+    # as Ollama's CreateHandler: the replaced manifest's layers that no manifest uses any more go
+    # (after the pins are released: `from` may be the very model being replaced)
+    if p.replaced is not None and p.written is not None and not store.noprune():
+        stale = set(p.replaced.manifest.digests()) - set(p.written.digests())
+        if stale:
+            await asyncio.to_thread(store.remove_unused, stale)
+    yield {"status": "success"}
 
 
 async def build(store: Store, p: Plan, *, threads: int | None = None) -> AsyncIterator[dict]:
+    """Write the new layers and the manifest (the last item is "writing manifest"; `create` ends
+    with "success")."""
     existing = {path.name for path in store.blobs.iterdir()}
 
     def is_new(digest: str) -> bool:
@@ -430,8 +474,10 @@ async def build(store: Store, p: Plan, *, threads: int | None = None) -> AsyncIt
     config_layer = store.write_blob_bytes(json.dumps(config).encode("utf-8"), mf.CONFIG_MEDIA_TYPE)
 
     yield {"status": "writing manifest"}
-    store.write_manifest(p.name, mf.Manifest(config=config_layer, layers=layers))
-    yield {"status": "success"}
+    manifest = mf.Manifest(config=config_layer, layers=layers)
+    p.replaced = store.find(p.name)
+    store.write_manifest(p.name, manifest)
+    p.written = manifest
 
 
 def _config_for(info: GGUFInfo) -> dict[str, Any]:

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,6 +222,46 @@ _TRUE = ("1", "t", "T", "TRUE", "true", "True")
 _FALSE = ("0", "f", "F", "FALSE", "false", "False")
 
 
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+_INT_TEXT = re.compile(r"^[+-]?[0-9]+$")
+_FLOAT_TEXT = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+
+
+def valid_int(value: int) -> bool:
+    """Fits Go's int64 (Ollama parses int options with strconv.ParseInt(s, 10, 64))."""
+    return INT64_MIN <= value <= INT64_MAX
+
+
+def valid_float(value: float) -> bool:
+    """A finite number (NaN and ±Inf have no JSON form)."""
+    return math.isfinite(value)
+
+
+def parse_int(value: str) -> int:
+    """Go's strconv.ParseInt(value, 10, 64): ASCII digits with an optional sign, within int64."""
+    if not _INT_TEXT.match(value) or len(value.lstrip("+-").lstrip("0")) > 19:
+        raise ModelfileError(f"invalid int value {value}")
+    number = int(value, 10)
+    if not valid_int(number):
+        raise ModelfileError(f"invalid int value {value}")
+    return number
+
+
+def parse_float(value: str) -> float:
+    """Go's strconv.ParseFloat(value, 32) for decimal text; NaN/Inf (no JSON form) and values
+    outside float32's range are refused."""
+    if not _FLOAT_TEXT.match(value):
+        raise ModelfileError(f"invalid float value {value}")
+    try:
+        number = float(value)
+        struct.pack("<f", number)  # OverflowError beyond float32's range, as Go's ErrRange
+    except (ValueError, OverflowError):
+        raise ModelfileError(f"invalid float value {value}") from None
+    if not valid_float(number):
+        raise ModelfileError(f"invalid float value {value}")
+    return number
+
+
 def typed_parameter(name: str, value: str, option_types: dict[str, type] | None = None) -> Any:
     """A PARAMETER's text as the JSON value its option takes (Go's api.FormatParams)."""
     if option_types is None:
@@ -228,15 +270,9 @@ def typed_parameter(name: str, value: str, option_types: dict[str, type] | None 
     if kind is None:
         raise ModelfileError(f"unknown parameter '{name}'")
     if kind is int:
-        try:
-            return int(value, 10)
-        except ValueError:
-            raise ModelfileError(f"invalid int value {value}") from None
+        return parse_int(value)
     if kind is float:
-        try:
-            return float(value)
-        except ValueError:
-            raise ModelfileError(f"invalid float value {value}") from None
+        return parse_float(value)
     if kind is bool:
         if value in _TRUE:
             return True

@@ -96,7 +96,7 @@ class Download:
 
     @property
     def sidecar(self) -> Path:
-        # hidden and not "sha256-…": Store.prune leaves it alone
+        # hidden, and never named by a manifest: no store cleanup touches it
         return self.partial.with_name("." + self.partial.name + ".json")
 
     @property
@@ -258,37 +258,51 @@ class Registry:
     # ---- pull ------------------------------------------------------------------------------
 
     async def pull(self, store: Store, name: str | ModelName, *, insecure: bool = False) -> AsyncIterator[dict]:
-        """Download a model's manifest and blobs into `store`, yielding Ollama's progress objects."""
+        """Download a model's manifest and blobs into `store`, yielding Ollama's progress objects.
+
+        As Ollama's PullModel: an `http://` name needs `insecure`; once the new manifest is written,
+        the layers of the one it replaced that no manifest uses any more are removed ("removing unused
+        layers"), unless OLLAMA_NOPRUNE is set."""
         mname = name if isinstance(name, ModelName) else ModelName.parse(name)
+        if mname.scheme == "http" and not insecure:
+            raise RegistryError("insecure protocol http")
         yield {"status": "pulling manifest"}
-        async with self._session() as session:
-            try:
-                raw, manifest = await self._manifest(session, mname, insecure)
-            except RegistryError as exc:
-                raise RegistryError(f"pull model manifest: {exc}") from exc
-            layers = list(manifest.layers) + ([manifest.config] if manifest.config is not None else [])
-            seen: set[str] = set()
-            fetched: list[str] = []
-            for layer in layers:
-                digest = layer.digest
-                if digest in seen:
-                    continue
-                seen.add(digest)
-                async for progress in self._download(session, store, mname, insecure, layer, fetched):
-                    yield progress
-        yield {"status": "verifying sha256 digest"}
-        for digest in fetched:
-            async with _lock(store, digest):
-                if store.has_blob(digest):
-                    continue
+        with store.pin() as pins:
+            async with self._session() as session:
                 try:
-                    await asyncio.to_thread(store.commit_partial, digest)
-                except DigestMismatch as exc:
-                    raise RegistryError(str(exc)) from exc
-                finally:
-                    Download(store, digest, 0).discard_state()
-        yield {"status": "writing manifest"}
-        store.write_manifest(mname, manifest, raw=raw)
+                    raw, manifest = await self._manifest(session, mname, insecure)
+                except RegistryError as exc:
+                    raise RegistryError(f"pull model manifest: {exc}") from exc
+                layers = list(manifest.layers) + ([manifest.config] if manifest.config is not None else [])
+                # a concurrent delete must not take a blob this pull finds present and counts on
+                pins.add(*(layer.digest for layer in layers))
+                seen: set[str] = set()
+                fetched: list[str] = []
+                for layer in layers:
+                    digest = layer.digest
+                    if digest in seen:
+                        continue
+                    seen.add(digest)
+                    async for progress in self._download(session, store, mname, insecure, layer, fetched):
+                        yield progress
+            yield {"status": "verifying sha256 digest"}
+            for digest in fetched:
+                async with _lock(store, digest):
+                    if store.has_blob(digest):
+                        continue
+                    try:
+                        await asyncio.to_thread(store.commit_partial, digest)
+                    except DigestMismatch as exc:
+                        raise RegistryError(str(exc)) from exc
+                    finally:
+                        Download(store, digest, 0).discard_state()
+            yield {"status": "writing manifest"}
+            old = store.find(mname)
+            store.write_manifest(mname, manifest, raw=raw)
+        stale = set(old.manifest.digests()) - set(manifest.digests()) if old is not None else set()
+        if stale and not store.noprune():
+            yield {"status": "removing unused layers"}
+            await asyncio.to_thread(store.remove_unused, stale)
         yield {"status": "success"}
 
     async def _manifest(self, session: _Session, name: ModelName, insecure: bool) -> tuple[bytes, mf.Manifest]:
@@ -429,8 +443,13 @@ class Registry:
         mname = name if isinstance(name, ModelName) else ModelName.parse(name)
         entry = store.get(mname)  # ModelNotFound before anything is streamed
         yield {"status": "retrieving manifest"}
+        if mname.scheme == "http" and not insecure:
+            raise RegistryError("insecure protocol http")
         raw = entry.path.read_bytes()
         manifest = entry.manifest
+        if not _has_header(raw):
+            # written by an older Corral without schemaVersion/mediaType: registries refuse that
+            raw = mf.encode(manifest)
         layers = list(manifest.layers) + ([manifest.config] if manifest.config is not None else [])
         async with self._session() as session:
             seen: set[str] = set()
@@ -496,6 +515,15 @@ class Registry:
                     await task
         await _raise_for_status(resp)
         yield progress(total)
+
+
+def _has_header(raw: bytes) -> bool:
+    """The manifest JSON carries `schemaVersion` and `mediaType`."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return True  # not ours to fix: send it as it is
+    return not isinstance(data, dict) or ("schemaVersion" in data and "mediaType" in data)
 
 
 async def _raise_for_status(resp: httpx.Response) -> None:

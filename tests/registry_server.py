@@ -8,6 +8,7 @@
 Backed by a directory (`blobs/sha256-<hex>`, `manifests/<ns>/<model>/<tag>`). Blob GETs redirect to
 `/files/<digest>` (like Ollama's registry sending clients to a CDN), which honours Range. Uploads:
 POST …/blobs/uploads/ → Location, PATCH appends, PUT ?digest= finishes (with or without a body).
+A manifest PUT is checked as registry:2 checks it (schemaVersion 2, mediaType, blobs present).
 
 Fault switches:
     reg.drop[digest] = (times, after_bytes)  drop the connection after `after_bytes` of a GET, `times` times
@@ -19,6 +20,7 @@ Every request is recorded in `reg.log` (method, path, range header, status, body
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -120,6 +122,23 @@ class RegistryServer:
         raw = entry.path.read_bytes()
         self.add_manifest(repo, raw)
         return raw
+
+    def check_manifest(self, body: bytes, content_type: str) -> tuple[str, str] | None:
+        """What distribution's registry:2 checks on a schema 2 manifest PUT: `schemaVersion` 2, a
+        `mediaType` matching the Content-Type, and every blob it names already uploaded."""
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return "MANIFEST_INVALID", "manifest invalid"
+        if not isinstance(data, dict) or data.get("schemaVersion") != 2:
+            return "MANIFEST_INVALID", "unexpected manifest schema version"
+        if data.get("mediaType") != MANIFEST_TYPE or content_type.split(";")[0].strip() != MANIFEST_TYPE:
+            got = data.get("mediaType")
+            return "MANIFEST_INVALID", f"mediaType in manifest should be '{MANIFEST_TYPE}' not '{got}'"
+        for layer in [data.get("config") or {}] + list(data.get("layers") or []):
+            if not self.blob_path(str(layer.get("digest", ""))).is_file():
+                return "MANIFEST_BLOB_UNKNOWN", "blob unknown to registry"
+        return None
 
     def requests(self, method: str | None = None, contains: str = "") -> list[LogEntry]:
         return [e for e in self.log if (method is None or e.method == method) and contains in e.path]
@@ -281,6 +300,11 @@ class _Handler(BaseHTTPRequestHandler):
         if m := _MANIFEST.match(entry.path):
             ns, model, tag = m.groups()
             body = self._read_body()
+            problem = self.reg.check_manifest(body, self.headers.get("Content-Type", ""))
+            if problem:
+                code, message = problem
+                return self._send(entry, 400, json.dumps({"errors": [{"code": code, "message": message}]}).encode(),
+                                  {"Content-Type": "application/json"})
             self.reg.add_manifest(f"{ns}/{model}:{tag}", body)
             return self._send(entry, 201, headers={"Docker-Content-Digest":
                                                     "sha256:" + hashlib.sha256(body).hexdigest()})

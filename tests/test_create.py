@@ -413,3 +413,109 @@ def test_corral_create_subcommand(http, server, tmp_path, model_files):
     proc = subprocess.run([sys.executable, "-m", "server", "create", "bad", "-f", str(tmp_path / "Bad")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "no FROM line" in proc.stderr
+
+
+# ---- templates and parameter values that cannot be stored ------------------------------------
+
+
+def blob_names(server) -> list[str]:
+    return sorted(p.name for p in (server.models / "blobs").iterdir())
+
+
+@pytest.mark.parametrize("template", ["{{ .Prompt ", "{{ if .System }}no end", "{{ nosuchfunc .Prompt }}",
+                                      "{{ end }}"])
+def test_create_refuses_a_template_that_does_not_parse(http, server, template):
+    before = blob_names(server)
+    r = http.post("/api/create", json={"model": "bad-template", "from": "tiny", "template": template})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"].startswith("template error: template:"), r.json()
+    r = http.post("/api/create", json={"model": "bad-template", "modelfile": f'FROM tiny\nTEMPLATE """{template}"""\n'})
+    assert r.status_code == 400 and r.json()["error"].startswith("template error: ")
+    assert not manifest_file(server, "bad-template").exists()
+    assert blob_names(server) == before  # nothing written
+    ok = http.post("/api/create", json={"model": "good-template", "from": "tiny", "stream": False,
+                                        "template": "{{ if .System }}{{ .System }} {{ end }}{{ .Prompt }}"})
+    assert ok.status_code == 200, ok.text
+
+
+def test_create_refuses_parameter_values_json_cannot_hold(http, server):
+    def err(parameters=None, modelfile_text=None) -> tuple[int, str]:
+        body = {"model": "bad-params", "from": "tiny"}
+        if modelfile_text is not None:
+            body = {"model": "bad-params", "modelfile": modelfile_text}
+        else:
+            body["parameters"] = parameters
+        r = http.post("/api/create", json=body)
+        return r.status_code, r.json().get("error", "")
+
+    big = 10 ** 400
+    for value in ("NaN", "nan", "Inf", "-Infinity", "1e39"):
+        assert err({"temperature": value}) == (400, f"invalid float value {value}")
+    assert err(modelfile_text="FROM tiny\nPARAMETER temperature NaN\n") == (400, "(line 2): invalid float value NaN")
+    assert err({"temperature": big}) == (400, f"invalid float value {big}")
+    assert err({"num_ctx": big}) == (400, f"invalid int value {big}")
+    assert err({"num_ctx": 2 ** 63}) == (400, f"invalid int value {2 ** 63}")
+    assert err({"seed": -(2 ** 63) - 1}) == (400, f"invalid int value {-(2 ** 63) - 1}")
+    assert err({"num_ctx": "9223372036854775808"}) == (400, "invalid int value 9223372036854775808")
+    assert err({"num_ctx": str(big)}) == (400, f"invalid int value {big}")
+    assert err(modelfile_text=f"FROM tiny\nPARAMETER num_ctx {big}\n") == (400, f"(line 2): invalid int value {big}")
+    assert not manifest_file(server, "bad-params").exists()
+
+    # the edges of the ranges are fine
+    r = http.post("/api/create", json={"model": "edge-params", "from": "tiny", "stream": False,
+                                       "parameters": {"seed": 2 ** 63 - 1, "temperature": "3.4e38", "num_ctx": 2048.0}})
+    assert r.status_code == 200, r.text
+    layer = next(x for x in json.loads(manifest_file(server, "edge-params").read_bytes())["layers"]
+                 if x["mediaType"] == "application/vnd.ollama.image.params")
+    params = json.loads((server.models / "blobs" / layer["digest"].replace(":", "-")).read_bytes())
+    assert params == {"seed": 2 ** 63 - 1, "temperature": 3.4e38, "num_ctx": 2048}
+
+
+# ---- re-creating a name ----------------------------------------------------------------------
+
+
+def layer_of(server, name: str, media_type: str) -> str:
+    manifest = json.loads(manifest_file(server, name).read_bytes())
+    return next(x["digest"] for x in manifest["layers"] if x["mediaType"] == media_type)
+
+
+def test_recreating_a_name_removes_the_replaced_layers(http, server):
+    system = "application/vnd.ollama.image.system"
+    tiny = json.loads(manifest_file(server, "tiny").read_bytes())
+    lines = create_lines(http, {"model": "again", "from": "tiny", "system": "first version"})
+    assert lines[-1] == {"status": "success"}
+    first = layer_of(server, "again", system)
+    first_config = json.loads(manifest_file(server, "again").read_bytes())["config"]["digest"]
+    lines = create_lines(http, {"model": "again", "from": "tiny", "system": "second version"})
+    assert [x["status"] for x in lines][-2:] == ["writing manifest", "success"]
+    second = layer_of(server, "again", system)
+    assert not (server.models / "blobs" / first.replace(":", "-")).exists()
+    assert not (server.models / "blobs" / first_config.replace(":", "-")).exists()
+    assert (server.models / "blobs" / second.replace(":", "-")).is_file()
+    for layer in tiny["layers"] + [tiny["config"]]:  # shared with tiny: kept
+        assert (server.models / "blobs" / layer["digest"].replace(":", "-")).is_file()
+
+    # from itself: the inherited layers stay, the replaced system prompt goes
+    assert create_lines(http, {"model": "again", "from": "again", "system": "third version"})[-1] == {
+        "status": "success"}
+    assert not (server.models / "blobs" / second.replace(":", "-")).exists()
+    assert http.post("/api/show", json={"model": "again"}).json()["system"] == "third version"
+    for layer in tiny["layers"]:
+        assert (server.models / "blobs" / layer["digest"].replace(":", "-")).is_file()
+
+
+def test_recreating_with_noprune_keeps_the_replaced_layers(tmp_path, model_files, monkeypatch):
+    import asyncio
+
+    from server import create as creating
+    from server.registry import collect
+    from server.store.register import register_gguf
+    from server.store.store import Store
+
+    store = Store(tmp_path / "models")
+    register_gguf(store, "tiny", model_files["tiny"])
+    monkeypatch.setenv("OLLAMA_NOPRUNE", "1")
+    asyncio.run(collect(creating.create(store, creating.CreateSpec(name="np", from_="tiny", system="one"))))
+    first = store.get("np").manifest.layer("application/vnd.ollama.image.system").digest
+    asyncio.run(collect(creating.create(store, creating.CreateSpec(name="np", from_="tiny", system="two"))))
+    assert store.has_blob(first)

@@ -321,3 +321,112 @@ def test_registry_hosts_from_names():
     assert reg._repo_url(default, insecure=False) == "https://registry.ollama.ai/v2/library/llama3.2"
     local = ModelName.parse("localhost:5000/me/m:t")
     assert reg._repo_url(local, insecure=True) == "http://localhost:5000/v2/me/m"
+
+
+# ---- what a strict registry accepts, replaced layers, insecure names ------------------------
+
+
+def test_created_model_pushes_to_a_registry_that_checks_manifests(server, tmp_path, model_files):
+    """registry:2 refuses a manifest without schemaVersion/mediaType (tests/registry_server.py checks
+    the same): a model made by /api/create pushes, and so does one an older Corral wrote."""
+    target = RegistryServer(tmp_path / "strict").start()
+    try:
+        store = Store(server.models)
+        register_gguf(store, "strict-base", model_files["tiny"])
+        name = f"{target.host}/team/created:v1"
+        r = httpx.post(f"{server.url}/api/create", json={"model": name, "from": "strict-base",
+                                                         "system": "made here", "stream": False}, timeout=120)
+        assert r.status_code == 200, r.text
+        r = httpx.post(f"{server.url}/api/push", json={"model": name, "insecure": True, "stream": False}, timeout=120)
+        assert r.status_code == 200 and r.json() == {"status": "success"}, r.text
+        pushed = json.loads(target.manifest_path("team/created:v1").read_bytes())
+        assert pushed["schemaVersion"] == 2
+        assert pushed["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+
+        # a manifest file without the two fields (as Corral used to write them) is completed on push
+        legacy = store.get("strict-base")
+        data = json.loads(legacy.path.read_bytes())
+        raw = json.dumps({"config": data["config"], "layers": data["layers"]}).encode()
+        old_name = f"{target.host}/team/legacy:v1"
+        store.write_manifest(old_name, legacy.manifest, raw=raw)
+        r = httpx.post(f"{server.url}/api/push", json={"model": old_name, "insecure": True, "stream": False},
+                       timeout=120)
+        assert r.status_code == 200 and r.json() == {"status": "success"}, r.text
+        assert json.loads(target.manifest_path("team/legacy:v1").read_bytes())["schemaVersion"] == 2
+
+        # and the registry does refuse one without them
+        put = httpx.put(f"http://{target.host}/v2/team/bad/manifests/v1", content=raw,
+                        headers={"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"})
+        assert put.status_code == 400 and put.json()["errors"][0]["code"] == "MANIFEST_INVALID"
+    finally:
+        target.stop()
+
+
+def test_repull_of_a_changed_tag_removes_the_replaced_layers(server, registry):
+    name = f"{registry.host}/churn/model:latest"
+    random_model(registry, "churn/model:latest", 120_000, seed=20)
+    assert pull_lines(server, name)[-1] == {"status": "success"}
+    old = Store(server.models).get(name)
+    # a blob nobody's manifest names (an upload waiting for its create): never touched
+    upload = b"uploaded, waiting for /api/create" * 100
+    digest = "sha256:" + hashlib.sha256(upload).hexdigest()
+    assert httpx.post(f"{server.url}/api/blobs/{digest}", content=upload).status_code == 201
+
+    # the tag now points at other content
+    new_model, _ = random_model(registry, "churn/model:latest", 130_000, seed=22)
+    lines = pull_lines(server, name)
+    statuses = [x["status"] for x in lines]
+    assert statuses[-3:] == ["writing manifest", "removing unused layers", "success"]
+    for stale in old.manifest.digests():
+        assert not blob_file(server, stale).exists(), stale
+    assert blob_file(server, new_model).is_file() and blob_file(server, digest).is_file()
+
+    # a replaced layer another model still uses stays (the status comes all the same, as in Ollama)
+    assert httpx.post(f"{server.url}/api/copy", json={"source": name, "destination": "churn-keep"}).status_code == 200
+    random_model(registry, "churn/model:latest", 140_000, seed=23)
+    lines = pull_lines(server, name)
+    assert [x["status"] for x in lines][-2:] == ["removing unused layers", "success"]
+    assert blob_file(server, new_model).is_file()
+    assert Store(server.models).get("churn-keep").manifest.layers[0].digest == new_model
+
+    # an unchanged re-pull has nothing to remove
+    again = [x["status"] for x in pull_lines(server, name)]
+    assert "removing unused layers" not in again and again[-1] == "success"
+
+
+def test_noprune_keeps_replaced_layers(tmp_path, registry, monkeypatch):
+    store = Store(tmp_path / "store")
+    name = f"{registry.host}/churn/noprune:latest"
+    first, _ = random_model(registry, "churn/noprune:latest", 50_000, seed=30)
+    asyncio.run(collect(Registry().pull(store, name, insecure=True)))
+    random_model(registry, "churn/noprune:latest", 60_000, seed=31)
+    monkeypatch.setenv("OLLAMA_NOPRUNE", "1")
+    out = asyncio.run(collect(Registry().pull(store, name, insecure=True)))
+    assert [x["status"] for x in out][-2:] == ["writing manifest", "success"]
+    assert store.has_blob(first)
+    monkeypatch.setenv("OLLAMA_NOPRUNE", "false")
+    random_model(registry, "churn/noprune:latest", 70_000, seed=32)
+    out = asyncio.run(collect(Registry().pull(store, name, insecure=True)))
+    assert [x["status"] for x in out][-2:] == ["removing unused layers", "success"]
+
+
+def test_http_scheme_needs_insecure(server, registry, tmp_path):
+    name = f"http://{registry.host}/library/tiny"
+    r = httpx.post(f"{server.url}/api/pull", json={"model": name}, timeout=60)
+    assert r.status_code == 500 and r.json() == {"error": "insecure protocol http"}
+    r = httpx.post(f"{server.url}/api/pull", json={"model": name, "stream": False}, timeout=60)
+    assert r.status_code == 500 and r.json() == {"error": "insecure protocol http"}
+    assert pull_lines(server, name)[-1] == {"status": "success"}  # with insecure: plain http
+
+    target = RegistryServer(tmp_path / "plain").start()
+    try:
+        dest = f"http://{target.host}/team/plain:v1"
+        assert httpx.post(f"{server.url}/api/copy", json={"source": name, "destination": dest}).status_code == 200
+        with httpx.stream("POST", f"{server.url}/api/push", json={"model": dest}, timeout=60) as resp:
+            lines = [json.loads(x) for x in resp.iter_lines() if x.strip()]
+        assert lines == [{"status": "retrieving manifest"}, {"error": "insecure protocol http"}]
+        assert not target.log
+        r = httpx.post(f"{server.url}/api/push", json={"model": dest, "insecure": True, "stream": False}, timeout=60)
+        assert r.json() == {"status": "success"}
+    finally:
+        target.stop()

@@ -73,4 +73,15 @@ def decode(data: bytes) -> Manifest:
 
 
 def encode(manifest: Manifest) -> bytes:
-    return msgspec.json.encode(manifest)
+    """The manifest as Ollama writes it: `schemaVersion` and `mediaType` always present (registries
+    such as distribution's registry:2 refuse a manifest without them), then config and layers; a
+    layer's unset optional fields (`from`) are left out."""
+    body = msgspec.to_builtins(manifest)  # omit_defaults: drops the two header fields at their defaults
+    out = {
+        "schemaVersion": manifest.schemaVersion,
+        "mediaType": manifest.mediaType or MANIFEST_MEDIA_TYPE,
+    }
+    if "config" in body:
+        out["config"] = body["config"]
+    out["layers"] = body.get("layers", [])
+    return msgspec.json.encode(out)

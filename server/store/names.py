@@ -8,12 +8,15 @@ character set: a name can never climb out of the store.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
 
+# Ollama's isValidPart (types/model/name.go): every part starts with a letter, digit or `_`;
+# the namespace may not hold a `.` (the model and tag may), only the host a `:`.
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,79}$")
 _PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
 _HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,349}(:[0-9]{1,5})?$")
@@ -29,6 +32,9 @@ class ModelName:
     namespace: str
     model: str
     tag: str
+    # "http" or "https" when the name was written with one (`http://host/ns/model`); not part of
+    # the model's identity. A pull or push of an `http://` name needs `insecure`.
+    scheme: str = field(default="", compare=False)
 
     @classmethod
     def parse(cls, text: str) -> "ModelName":
@@ -36,9 +42,11 @@ class ModelName:
         raw = text.strip()
         if not raw:
             raise InvalidName("model name is required")
-        for scheme in ("https://", "http://"):
-            if raw.startswith(scheme):
-                raw = raw[len(scheme):]
+        scheme = ""
+        for prefix in ("https://", "http://"):
+            if raw.startswith(prefix):
+                raw = raw[len(prefix):]
+                scheme = prefix[:-3]
         digest_free = raw.split("@", 1)[0]
         path, tag = digest_free, DEFAULT_TAG
         slash = path.rfind("/")
@@ -54,12 +62,12 @@ class ModelName:
             host, namespace, model = parts
         else:
             raise InvalidName(f"invalid model name {text!r}")
-        if not _HOST.match(host) or not _PART.match(namespace) or not _PART.match(model) or not _TAG.match(tag):
+        if not _HOST.match(host) or not _NAMESPACE.match(namespace) or not _PART.match(model) or not _TAG.match(tag):
             raise InvalidName(f"invalid model name {text!r}")
         for part in (host, namespace, model, tag):
             if part in (".", "..") or part.startswith("."):
                 raise InvalidName(f"invalid model name {text!r}")
-        return cls(host, namespace, model, tag)
+        return cls(host, namespace, model, tag, scheme)
 
     @property
     def display(self) -> str:

@@ -5,17 +5,29 @@
 
 Every write goes to a temporary file in the same directory and is renamed into place only
 when complete (blobs: after their sha256 is verified; manifests: after all their blobs
-exist), so a crash never leaves a broken blob or model visible.
+exist), so a crash never leaves a broken blob or model visible. The temporary files a crash
+leaves behind are removed when a Store is opened (`clean_temp`), once they are old enough that no
+writer can still own them; unfinished downloads (`*-partial` and their sidecars) are kept to resume.
+
+Blobs are removed only as Ollama removes them: those of a manifest that was deleted or replaced
+(`remove_unused`) that no manifest uses any more. An unreferenced blob that was never part of a
+manifest (an /api/blobs upload awaiting its /api/create, a blob an in-flight pull has verified)
+is never touched. Digests an operation in progress relies on can be pinned (`pin`) so that a
+concurrent delete leaves them alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import re
 import shutil
 import tempfile
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +37,15 @@ from .names import InvalidName, ModelName
 
 DIGEST_RE = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")
 CHUNK = 1 << 20
+
+log = logging.getLogger("corral.store")
+
+# Temporary files in blobs/ (and `.tmp-*` in manifests/): write_blob/import_file and
+# write_manifest (`.tmp-`), /api/blobs uploads (`.upload-`), quantize (`.quantize-`), the default
+# model's assembly directory (`.assemble-`). A download's sidecar is replaced through `<sidecar>.tmp`.
+TEMP_PREFIXES = (".tmp-", ".upload-", ".quantize-", ".assemble-")
+# how old (newest mtime inside) a temporary file must be before a new Store removes it
+TEMP_MAX_AGE = 10 * 60
 
 
 class StoreError(Exception):
@@ -67,14 +88,38 @@ class Entry:
     path: Path
 
 
+def _noprune() -> bool:
+    """OLLAMA_NOPRUNE, read as Ollama's envconfig.Bool does (set but unparsable counts as true)."""
+    raw = os.environ.get("OLLAMA_NOPRUNE", "").strip().strip("\"'")
+    if not raw:
+        return False
+    if raw in ("0", "f", "F", "false", "FALSE", "False"):
+        return False
+    return True
+
+
 class Store:
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, *, clean_temp: bool = True):
         self.root = Path(root).expanduser()
         self.blobs = self.root / "blobs"
         self.manifests = self.root / "manifests"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.manifests.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._pins: Counter[str] = Counter()
+        if clean_temp:
+            try:
+                removed = self.clean_temp()
+            except OSError as exc:
+                log.warning("could not clean temporary files in %s: %s", self.root, exc)
+            else:
+                if removed:
+                    log.info("removed %d stale temporary file(s) from %s", len(removed), self.root)
+
+    @staticmethod
+    def noprune() -> bool:
+        """OLLAMA_NOPRUNE is set: replaced manifests' layers stay on disk."""
+        return _noprune()
 
     # ---- blobs -------------------------------------------------------------------------
 
@@ -182,7 +227,10 @@ class Store:
             return None
         exact = self._manifest_path(wanted)
         if exact.is_file():
-            return self._entry(wanted, exact)
+            try:
+                return self._entry(wanted, exact)
+            except (ValueError, OSError):
+                return None  # unreadable: as absent (a pull or create writes it anew)
         for entry in self.list():
             if entry.name.key == wanted.key:
                 return entry
@@ -225,10 +273,10 @@ class Store:
 
         `raw`: the manifest's exact bytes (as a registry served them), written instead of re-encoding."""
         name = name if isinstance(name, ModelName) else ModelName.parse(name)
-        for digest in manifest.digests():
-            if not self.has_blob(digest):
-                raise StoreError(f"blob {digest} is missing, manifest not written")
-        with self._lock:
+        with self._lock:  # under the lock: remove_unused cannot take a blob between check and write
+            for digest in manifest.digests():
+                if not self.has_blob(digest):
+                    raise StoreError(f"blob {digest} is missing, manifest not written")
             existing = self.find(name)
             path = existing.path if existing is not None else self._manifest_path(name)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -246,11 +294,15 @@ class Store:
             return self._entry(name, path)
 
     def copy(self, source: str, destination: str) -> Entry:
+        """Ollama's CopyModel: the destination gets the source manifest's exact bytes (so the same
+        digest, and any field Corral does not model)."""
         src = self.get(source)
-        return self.write_manifest(ModelName.parse(destination), src.manifest)
+        dest = ModelName.parse(destination)
+        raw = src.path.read_bytes()
+        return self.write_manifest(dest, mf.decode(raw), raw=raw)
 
     def delete(self, name: str) -> None:
-        """Remove a manifest, then every blob no other manifest refers to."""
+        """Remove a manifest, then those of its blobs (config + layers) no other manifest uses."""
         with self._lock:
             entry = self.get(name)
             entry.path.unlink()
@@ -258,21 +310,123 @@ class Store:
             while parent != self.manifests and parent.is_dir() and not any(parent.iterdir()):
                 parent.rmdir()
                 parent = parent.parent
-            self.prune()
+            self.remove_unused(entry.manifest.digests())
 
-    def prune(self) -> list[str]:
-        """Delete blobs that no manifest references (but never an unfinished download)."""
+    def used_digests(self) -> set[str]:
+        """Every digest some manifest file names. Every file under manifests/ is read, also one whose
+        name is not valid (any more): what it names is never removed."""
+        used: set[str] = set()
+        for path in self.manifests.rglob("*"):
+            if path.name.startswith(".") or not path.is_file():
+                continue
+            try:
+                manifest = mf.decode(path.read_bytes())
+            except Exception:  # not a manifest we can read: it protects nothing
+                continue
+            for digest in manifest.digests():
+                with contextlib.suppress(InvalidDigest):
+                    used.add(parse_digest(digest))
+        return used
+
+    def remove_unused(self, digests: Iterable[str]) -> list[str]:
+        """Ollama's RemoveLayers: delete those of `digests` that no manifest uses and nothing pinned.
+        Blobs not named here are never touched. Returns the digests removed."""
+        wanted = set()
+        for digest in digests:
+            with contextlib.suppress(InvalidDigest):
+                wanted.add(parse_digest(digest))
+        if not wanted:
+            return []
         with self._lock:
-            used = {d.replace(":", "-") for e in self.list() for d in e.manifest.digests()}
+            wanted -= self.used_digests()
             removed = []
-            for path in self.blobs.iterdir():
-                if path.name.startswith("sha256-") and not path.name.endswith("-partial") and path.name not in used:
-                    path.unlink(missing_ok=True)
-                    removed.append(path.name)
+            for digest in sorted(wanted):
+                if self._pins[digest] > 0:
+                    continue
+                path = self.blob_path(digest)
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                removed.append(digest)
             return removed
+
+    @contextlib.contextmanager
+    def pin(self, digests: Iterable[str] = ()) -> Iterator["_Pins"]:
+        """Keep these blobs (and any added to the yielded set) from `remove_unused` until the block
+        ends: an operation that is about to reference them in a manifest pins them first."""
+        pins = _Pins(self)
+        try:
+            pins.add(*digests)
+            yield pins
+        finally:
+            pins.release()
+
+    def _pin(self, digest: str, delta: int) -> None:
+        with self._lock:
+            self._pins[digest] += delta
+            if self._pins[digest] <= 0:
+                del self._pins[digest]
+
+    def clean_temp(self, max_age: float = TEMP_MAX_AGE) -> list[Path]:
+        """Remove temporary files a crashed writer left: in blobs/ those named `TEMP_PREFIXES` (and a
+        download sidecar's `.tmp`), in manifests/ `.tmp-*`, when nothing in them changed for
+        `max_age` seconds. Unfinished downloads (`*-partial`, their `.json` sidecars) stay."""
+        now = time.time()
+        removed: list[Path] = []
+
+        def stale(path: Path) -> bool:
+            newest = path.lstat().st_mtime
+            if path.is_dir() and not path.is_symlink():
+                for sub in path.rglob("*"):
+                    with contextlib.suppress(OSError):
+                        newest = max(newest, sub.lstat().st_mtime)
+            return now - newest >= max_age
+
+        candidates = [p for p in self.blobs.iterdir()
+                      if p.name.startswith(TEMP_PREFIXES)
+                      or (p.name.startswith(".sha256-") and p.name.endswith("-partial.json.tmp"))]
+        candidates += [p for p in self.manifests.rglob(".tmp-*")]
+        for path in candidates:
+            try:
+                if not stale(path):
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("could not remove temporary file %s: %s", path, exc)
+                continue
+            removed.append(path)
+        return removed
 
     def iter_blob(self, digest: str, start: int = 0) -> Iterator[bytes]:
         with open(self.blob_path(digest), "rb") as f:
             f.seek(start)
             while chunk := f.read(CHUNK):
                 yield chunk
+
+
+class _Pins:
+    """The digests one operation has pinned in a Store (see `Store.pin`)."""
+
+    def __init__(self, store: Store):
+        self._store = store
+        self._held: list[str] = []
+
+    def add(self, *digests: str) -> None:
+        for digest in digests:
+            try:
+                digest = parse_digest(digest)
+            except InvalidDigest:
+                continue
+            self._store._pin(digest, +1)
+            self._held.append(digest)
+
+    def release(self) -> None:
+        held, self._held = self._held, []
+        for digest in held:
+            self._store._pin(digest, -1)
