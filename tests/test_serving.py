@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import json
 import threading
 import time
@@ -100,8 +101,9 @@ def single_slot_server(fresh_store, tmp_path):
 
 
 def _endless(server, started: threading.Event, stop: threading.Event) -> None:
-    """Stream an endless generation until told to stop, then drop the connection."""
-    body = {"model": "tiny", "prompt": "go on forever", "options": {"num_predict": -1, "num_ctx": 256}}
+    """Stream an endless generation (40,960 tokens at most: 10 x num_ctx) until told to stop, then drop
+    the connection."""
+    body = {"model": "tiny", "prompt": "go on forever", "options": {"num_predict": -1, "num_ctx": 4096}}
     with httpx.stream("POST", server.url + "/api/generate", json=body, timeout=60) as r:
         for _ in r.iter_lines():
             started.set()
@@ -137,13 +139,13 @@ def test_queue_overflow_gives_503(single_slot_server):
     t.start()
     assert started.wait(30)
     waiting = threading.Thread(target=lambda: httpx.post(single_slot_server.url + "/api/generate", json={
-        "model": "tiny", "prompt": "y", "stream": False, "options": {"num_predict": 2, "num_ctx": 256}}, timeout=60))
+        "model": "tiny", "prompt": "y", "stream": False, "options": {"num_predict": 2, "num_ctx": 4096}}, timeout=60))
     waiting.start()
     deadline = time.time() + 30
     while time.time() < deadline and _metric(single_slot_server, "corral_requests_queued") < 1:  # until "y" waits for the sequence
         time.sleep(0.05)
     r = httpx.post(single_slot_server.url + "/api/generate", json={
-        "model": "tiny", "prompt": "z", "stream": False, "options": {"num_predict": 2, "num_ctx": 256}}, timeout=30)
+        "model": "tiny", "prompt": "z", "stream": False, "options": {"num_predict": 2, "num_ctx": 4096}}, timeout=30)
     status = r.status_code
     try:
         assert status == 503
@@ -286,3 +288,41 @@ def test_idle_sequence_between_running_ones_is_padded(store_dir, tmp_path):
         assert len(follow_alone[1]) == 8 and follow_again == follow_alone
     finally:
         server.stop()
+
+
+def _wait_for(check, timeout: float = 30) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_client_leaving_the_queue_frees_its_place(single_slot_server):
+    """A request whose client leaves while it waits for a sequence stops counting toward OLLAMA_MAX_QUEUE
+    (1 here): the next request is queued, not refused."""
+    server = single_slot_server
+    started, stop = threading.Event(), threading.Event()
+    t = threading.Thread(target=_endless, args=(server, started, stop))
+    t.start()
+    try:
+        assert started.wait(30)
+        body = json.dumps({"model": "tiny", "prompt": "x", "options": {"num_predict": 3, "num_ctx": 4096}}).encode()
+        host, port = server.host.split(":")
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(b"POST /api/generate HTTP/1.1\r\nHost: " + server.host.encode() + b"\r\nContent-Type: "
+                      b"application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            assert _wait_for(lambda: _metric(server, "corral_requests_queued") == 1)
+        assert _wait_for(lambda: _metric(server, "corral_requests_queued") == 0)
+        result: dict = {}
+        waiting = threading.Thread(target=lambda: result.update(r=httpx.post(server.url + "/api/generate", json={
+            "model": "tiny", "prompt": "y", "stream": False, "options": {"num_predict": 2, "num_ctx": 4096}},
+            timeout=60)))
+        waiting.start()
+        assert _wait_for(lambda: _metric(server, "corral_requests_queued") == 1 or "r" in result)
+    finally:
+        stop.set()
+        t.join(30)
+    waiting.join(60)
+    assert result["r"].status_code == 200, result["r"].text

@@ -7,8 +7,10 @@ come back as content.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import socket
 
 import httpx
 import jsonschema
@@ -359,3 +361,49 @@ def test_ollama_logprobs(server):
     bad = httpx.post(server.url + "/api/generate", json={"model": "plain", "prompt": "x", "logprobs": True,
                                                         "top_logprobs": 21}, timeout=60)
     assert bad.status_code == 400
+
+
+def test_infill_as_llama_vscode_sends_it(server):
+    """llama.vscode names no model (the one model that can fill in the middle is used) and warms the
+    cache with n_predict 0: the prompt is computed, nothing is generated."""
+    body = {"input_prefix": "def f(x):\n    ", "input_suffix": "\n", "input_extra": [], "n_predict": 0,
+            "t_max_predict_ms": 1, "cache_prompt": True, "samplers": [], "stream": False}
+    r = httpx.post(server.url + "/infill", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["content"] == "" and r.json()["tokens_predicted"] == 0 and r.json()["model"] == "coder:latest"
+    assert r.json()["tokens_evaluated"] > 0
+
+
+def test_infill_client_leaving_stops_the_generation(server):
+    """A non-streaming /infill whose client goes away frees its sequence."""
+    from tests.test_serving import _metric, _wait_for
+
+    body = json.dumps({"model": "coder", "input_prefix": "a", "input_suffix": "b", "n_predict": 20000}).encode()
+    host, port = server.host.split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(b"POST /infill HTTP/1.1\r\nHost: " + server.host.encode() + b"\r\nContent-Type: application/json"
+                  b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        assert _wait_for(lambda: _metric(server, "corral_requests_processing") == 1)
+    assert _wait_for(lambda: _metric(server, "corral_requests_processing") == 0, timeout=10)
+
+
+async def _deltas(*pieces):
+    from server.inference import Delta, Final
+
+    for text in pieces:
+        await asyncio.sleep(0.01)
+        yield Delta(content=text)
+    yield Final(done_reason="length", eval_count=len(pieces))
+
+
+def test_infill_time_limit_stops_at_a_newline():
+    """t_max_predict_ms (llama-server's rule): past the time, the answer ends at a newline."""
+    from server.api.llamacpp import InfillRequest, _pieces
+
+    async def run(req):
+        return [item async for item in _pieces(req, _deltas("a", "b\n", "c", "d"))]
+
+    timed = asyncio.run(run(InfillRequest(t_max_predict_ms=1)))
+    assert [getattr(i, "content", None) for i in timed] == ["a", "b\n", None]
+    whole = asyncio.run(run(InfillRequest()))
+    assert [i.content for i in whole[:-1]] == ["a", "b\n", "c", "d"] and whole[-1].done_reason == "length"

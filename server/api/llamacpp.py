@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
 
-from ..inference import Final, Inference
+from ..inference import Delta, Final, Inference
 from .errors import raise_for
-from .wire import APIError, decode, encode, json_response
+from .wire import APIError, decode, encode, first_item, json_response, until_complete
 
 
 class ExtraChunk(msgspec.Struct):
@@ -21,12 +23,13 @@ class ExtraChunk(msgspec.Struct):
 class InfillRequest(msgspec.Struct):
     """llama-server's /infill body (the fields editors send; sampling fields map to Ollama options)."""
 
-    model: str = ""  # Corral extension: llama-server has one model, Corral picks by name
+    model: str = ""  # Corral extension; unset: the fill-in-the-middle model in use (`_default_model`)
     input_prefix: str = ""
     input_suffix: str = ""
     input_extra: list[ExtraChunk] | None = None  # repo-level context: other files
     prompt: str = ""  # text already typed after the cursor's prefix (start of the middle)
-    n_predict: int = -1
+    n_predict: int = -1  # -1: no limit; 0: process the prompt only (editors warm the cache this way)
+    t_max_predict_ms: int = 0  # > 0: stop at the first newline after this long generating
     temperature: float | None = None
     top_k: int | None = None
     top_p: float | None = None
@@ -48,7 +51,8 @@ class InfillResponse(msgspec.Struct, omit_defaults=True):
 
 
 def _options(req: InfillRequest) -> dict[str, Any]:
-    options: dict[str, Any] = {"num_predict": req.n_predict}
+    # a prompt-only request samples one token and drops it: the engine always samples after a prompt
+    options: dict[str, Any] = {"num_predict": 1 if req.n_predict == 0 else req.n_predict}
     for key, value in (("temperature", req.temperature), ("top_k", req.top_k), ("top_p", req.top_p),
                        ("seed", req.seed), ("stop", req.stop)):
         if value is not None:
@@ -65,36 +69,87 @@ def _final(req: InfillRequest, final: Final, content: str) -> InfillResponse:
     )
 
 
+def _default_model(inference: Inference) -> str:
+    """llama.vscode sends no model: the loaded model that can fill in the middle (most recently used),
+    else the only stored one that can."""
+    loaded = [l for l in inference.scheduler.running() if "insert" in inference.capabilities(l.model)]
+    if loaded:
+        return max(loaded, key=lambda l: l.last_used).model.name
+    stored = []
+    for entry in inference.store.list():
+        try:
+            if "insert" in inference.capabilities(inference.model(entry.name.display)):
+                stored.append(entry.name.display)
+        except Exception:  # a damaged model is no candidate
+            continue
+    if len(stored) == 1:
+        return stored[0]
+    raise APIError(400, "model is required" + (f": several models can fill in the middle ({', '.join(stored)})"
+                                               if stored else ": no stored model can fill in the middle"))
+
+
+async def _pieces(req: InfillRequest, it: AsyncIterator[Any]) -> AsyncIterator[Delta | Final | None]:
+    """The generation's items; with `t_max_predict_ms`, a None in place of the Final when the time
+    ran out after a newline (llama-server's rule); with n_predict 0, nothing of the sampled token."""
+    started, text = None, ""
+    async for item in it:
+        if isinstance(item, Final):
+            if req.n_predict == 0:
+                item.eval_count, item.done_reason = 0, "length"
+            yield item
+            return
+        if req.n_predict == 0:
+            continue
+        started = started or time.monotonic()
+        text += item.content
+        yield item
+        if req.t_max_predict_ms > 0 and "\n" in text and (time.monotonic() - started) * 1000 > req.t_max_predict_ms:
+            yield None
+            return
+
+
 @post("/infill", status_code=200)
 async def infill(request: Request) -> Response | Stream:
     req = await decode(request, InfillRequest)
     inference: Inference = request.app.state.inference
     if not req.model:
-        raise APIError(400, "model is required")
+        req.model = _default_model(inference)
     extra = [(c.filename, c.text) for c in req.input_extra or []]
     it = inference.infill(req.model, req.input_prefix, req.input_suffix, extra=extra, middle=req.prompt,
                           options=_options(req), keep_alive=req.keep_alive)
+    items = _pieces(req, it)
     try:
-        first = await it.__anext__()
-    except Exception as exc:
-        raise_for(exc)
+        first = await first_item(request, items, raise_for)
+    except BaseException:
+        await it.aclose()
+        raise
+
+    def timed_out(count: int) -> InfillResponse:
+        return InfillResponse(content="", stop=True, model=req.model, tokens_predicted=count, stop_type="limit")
+
     if not req.stream:
-        parts, item = [], first
-        while not isinstance(item, Final):
-            parts.append(item.content)
-            item = await it.__anext__()
-        return json_response(_final(req, item, "".join(parts)))
+        async def collect() -> InfillResponse:
+            parts, item = [], first
+            while isinstance(item, Delta):
+                parts.append(item.content)
+                item = await items.__anext__()
+            out = timed_out(len(parts)) if item is None else _final(req, item, "")
+            out.content = "".join(parts)
+            return out
+
+        return json_response(await until_complete(request, collect(), it, raise_for))
 
     async def events():
-        item = first
+        item, count = first, 0
         try:
             while True:
-                if isinstance(item, Final):
-                    yield b"data: " + encode(_final(req, item, "")) + b"\n\n"
+                if item is None or isinstance(item, Final):
+                    yield b"data: " + encode(timed_out(count) if item is None else _final(req, item, "")) + b"\n\n"
                     return
+                count += 1
                 if item.content:
                     yield b"data: " + encode(InfillResponse(content=item.content, stop=False)) + b"\n\n"
-                item = await it.__anext__()
+                item = await items.__anext__()
         finally:
             await it.aclose()
 

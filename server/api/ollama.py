@@ -119,7 +119,7 @@ async def generate(request: Request) -> Response | Stream:
                                   logprobs=_logprobs(item.logprobs))
 
     it = inference.generate(params)
-    first = await first_item(it, raise_for)
+    first = await first_item(request, it, raise_for)
     if req.stream is not False:
         return ndjson(wire(first), _mapped(it, wire), lambda exc: t.ErrorResponse(error=str(exc)))
     answer = await until_complete(request, collect(it, first), it, raise_for)
@@ -165,7 +165,7 @@ async def chat(request: Request) -> Response | Stream:
         )
 
     it = inference.chat(params)
-    first = await first_item(it, raise_for)
+    first = await first_item(request, it, raise_for)
     if req.stream is not False:
         return ndjson(wire(first), _mapped(it, wire), lambda exc: t.ErrorResponse(error=str(exc)))
     answer = await until_complete(request, collect(it, first), it, raise_for)

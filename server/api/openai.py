@@ -371,7 +371,7 @@ async def chat_completions(request: Request) -> Response | Stream:
                                               _debug_info={"rendered_template": rendered}))
 
     it = inference.chat(params)
-    first = await first_item(it, raise_for)
+    first = await first_item(request, it, raise_for)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return _event_stream(_chat_stream(first, it, cid, created, req.model, include_usage))
@@ -508,7 +508,7 @@ async def completions(request: Request) -> Response | Stream:
         return json_response(completion("", None, _debug_info={"rendered_template": rendered}))
 
     it = inference.generate(params)
-    first = await first_item(it, raise_for)
+    first = await first_item(request, it, raise_for)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
@@ -935,7 +935,7 @@ async def responses(request: Request) -> Response | Stream:
     params = _responses_params(req)
     builder = _ResponseBuilder(req, _item_id("resp"), int(time.time()))
     it = inference.chat(params)
-    first = await first_item(it, raise_for)
+    first = await first_item(request, it, raise_for)
 
     if req.stream:
         async def events() -> AsyncIterator[bytes]:

@@ -60,7 +60,7 @@ async def decode(request: Request, kind: type[T], *, allow_empty: bool = False) 
     except msgspec.ValidationError as exc:
         path = _ERROR_PATH.search(str(exc))
         raise APIError(400, f"invalid request: {exc}", param=path[1] if path else None) from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested deeper than Python recurses
         raise APIError(400, f"invalid JSON in request body: {exc}") from exc
 
 
@@ -102,29 +102,42 @@ def encode(obj: Any) -> bytes:
     return _encoder.encode(obj)
 
 
-async def first_item(it: AsyncIterator[Any], on_error: Callable[[Exception], Any]) -> Any:
-    """Pull a generation's first item before answering, so early errors get a real status code."""
+async def first_item(request: Request, it: AsyncIterator[Any], on_error: Callable[[Exception], Any]) -> Any:
+    """Pull a generation's first item before answering, so early errors get a real status code.
+    A client that leaves meanwhile (queued, its prompt being computed) cancels the generation."""
+    task = asyncio.ensure_future(it.__anext__())
+    watcher = asyncio.ensure_future(_disconnected(request))
     try:
-        return await it.__anext__()
-    except StopAsyncIteration:
-        raise APIError(500, "no response from model") from None
-    except APIError:
-        raise
-    except Exception as exc:
-        on_error(exc)
-        raise
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            task.cancel()
+            await asyncio.wait({task})
+            await it.aclose()
+            raise APIError(499, "client disconnected")
+        try:
+            return task.result()
+        except StopAsyncIteration:
+            raise APIError(500, "no response from model") from None
+        except APIError:
+            raise
+        except Exception as exc:
+            on_error(exc)
+            raise
+    finally:
+        watcher.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body is read already: nothing else can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def until_complete(request: Request, work: Awaitable[T], it: AsyncIterator[Any],
                          on_error: Callable[[Exception], Any]) -> T:
     """Await a non-streaming collection; cancel it if the client goes away; always close the generation."""
     task = asyncio.ensure_future(work)
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(disconnected())
+    watcher = asyncio.ensure_future(_disconnected(request))
     try:
         done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if task not in done:
