@@ -26,8 +26,10 @@ def serve(args: argparse.Namespace) -> None:
         return
     import uvicorn
 
+    # on SIGTERM, requests still running get 5 s (Ollama stops at once; `docker stop` kills after 10 s)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-                access_log=False, http="httptools", loop="uvloop", timeout_keep_alive=30)
+                access_log=False, http="httptools", loop="uvloop", timeout_keep_alive=30,
+                timeout_graceful_shutdown=5)
 
 
 def server_url() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -51,21 +52,39 @@ def parse_duration(value: str | int | float | None, default: float | None = None
 
 
 def parse_host(value: str | None) -> tuple[str, int]:
-    """OLLAMA_HOST: `host`, `host:port`, `:port`, `scheme://host:port` → (host, port)."""
+    """OLLAMA_HOST → (host, port), read as Ollama reads it: `host`, `host:port`, `:port` (every
+    interface), `[v6]:port`, a bare IPv6 address, `scheme://…` (http defaults to port 80, https to
+    443); a port that is not a number from 0 to 65535 is replaced by the default, with a warning."""
     text = (value or "").strip()
-    scheme = "http"
+    default_port = DEFAULT_PORT
     if "://" in text:
         scheme, text = text.split("://", 1)
+        default_port = {"http": 80, "https": 443}.get(scheme, DEFAULT_PORT)
     text = text.split("/", 1)[0]
-    default_port = {"http": DEFAULT_PORT, "https": 443}.get(scheme, DEFAULT_PORT)
-    if text.startswith("["):  # [::1]:port
+    host, port_text = _split_host_port(text)
+    if host is None:  # no port: the whole text is the host (or an IP address in brackets or bare)
+        host, port_text = (text.strip("[]") or "127.0.0.1"), ""
+    elif not host:
+        host = "0.0.0.0"  # ":port": every interface
+    port = default_port
+    if port_text:
+        if port_text.isdigit() and int(port_text) <= 65535:
+            port = int(port_text)
+        else:
+            logging.getLogger("corral").warning("invalid port %r in OLLAMA_HOST, using default %d", port_text,
+                                                default_port)
+    return host, port
+
+
+def _split_host_port(text: str) -> tuple[str | None, str]:
+    """Go's net.SplitHostPort: (host, port), or (None, "") when `text` has no port part."""
+    if text.startswith("["):
         host, _, rest = text[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") and rest[1:] else default_port
-        return host, port
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = text, ""
-    return (host or "127.0.0.1"), (int(port) if port else default_port)
+        return (host, rest[1:]) if rest.startswith(":") else (None, "")
+    if text.count(":") != 1:  # no port, or a bare IPv6 address
+        return None, ""
+    host, _, port = text.partition(":")
+    return host, port
 
 
 def _bool(name: str, default: bool = False) -> bool:

@@ -452,3 +452,38 @@ def test_cancelled_queued_request_leaves_the_queue(models):
             await sched.close()
 
     asyncio.run(main())
+
+
+def test_sigterm_does_not_wait_for_long_generations(fresh_store, tmp_path):
+    """A stream of 40,960 tokens does not hold the process past its 5 s grace period."""
+    server = start_server(fresh_store, {"OLLAMA_NUM_PARALLEL": "1"}, log_dir=tmp_path)
+    started = threading.Event()
+
+    def stream() -> None:
+        body = {"model": "tiny", "prompt": "go", "options": {"num_predict": -1, "ignore_eos": True}}
+        with contextlib.suppress(httpx.HTTPError):
+            with httpx.stream("POST", server.url + "/api/generate", json=body, timeout=60) as r:
+                for _ in r.iter_lines():
+                    started.set()
+
+    t = threading.Thread(target=stream)
+    t.start()
+    try:
+        assert started.wait(30)
+        server.proc.terminate()
+        server.proc.wait(timeout=20)  # raises if it is still running
+    finally:
+        server.stop()
+        t.join(30)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, ("127.0.0.1", 11434)), ("0.0.0.0", ("0.0.0.0", 11434)), (":18460", ("0.0.0.0", 18460)),
+    ("[::1]:9000", ("::1", 9000)), ("::1", ("::1", 11434)), ("localhost:abc", ("localhost", 11434)),
+    ("127.0.0.1:99999", ("127.0.0.1", 11434)), ("http://example.com", ("example.com", 80)),
+    ("https://example.com:8443/x", ("example.com", 8443)),
+])
+def test_ollama_host_is_read_as_ollama_reads_it(value, expected):
+    from server.config import parse_host
+
+    assert parse_host(value) == expected
