@@ -6,14 +6,18 @@ Errors are typed exceptions; the API layer turns them into status codes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .config import Settings, parse_duration
+from .engine.embedder import Embedder
 from .engine.job import Done, Failed, Job, Piece, TokenLogprob
 from .engine.grammar import TOOL_CALL_STYLES, SchemaError, json_grammar, schema_grammar, tool_call_grammar
 from .engine.runner import ContextLengthError
@@ -29,10 +33,15 @@ from .template.prompt import PromptError, render_chat, render_generate
 
 log = logging.getLogger("corral")
 
+T = TypeVar("T")
+
 __all__ = [
     "BadRequest", "NotFound", "QueueFull", "ModelLoadError", "Inference", "GenerateParams", "ChatParams",
-    "Delta", "Final", "Answer", "collect",
+    "Delta", "Final", "Answer", "collect", "MAX_EMBED_INPUTS",
 ]
+
+# Inputs one embedding request may bring. Ollama has no limit; OpenAI's /v1/embeddings takes at most 2048.
+MAX_EMBED_INPUTS = 2048
 
 
 class BadRequest(ValueError):
@@ -301,9 +310,9 @@ class Inference:
         if params.suffix and not params.raw and not self._uses_go_fim(params, model):
             prep = self._prepare(model, params.options, params.keep_alive)
             async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
-                tokens = self._fim_tokens(loaded, params.prompt, params.suffix) or []
-                return loaded.llama.detokenize(tokens, special=True)
-        return self.render_generate(params, model)
+                tokens = await _in_thread(self._fim_tokens, loaded, params.prompt, params.suffix)
+                return loaded.llama.detokenize(tokens or [], special=True)
+        return await asyncio.to_thread(self.render_generate, params, model)
 
     async def generate(self, params: GenerateParams) -> AsyncIterator[Delta | Final]:
         model = self.model(params.model)
@@ -313,16 +322,7 @@ class Inference:
         start = time.perf_counter_ns()
         async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
             load_ns = time.perf_counter_ns() - start
-            go_fim = self._uses_go_fim(params, model)
-            if params.suffix and not params.raw and not go_fim:  # FIM from the model's own tokens
-                tokens = self._fim_tokens(loaded, params.prompt, params.suffix)
-                if tokens is None:
-                    raise BadRequest(f"{model.entry.name.full} does not support insert")
-                text = ""
-            else:
-                context = self._context(loaded, params.context)
-                text = self.render_generate(params, model, bos="" if context else self._bos(loaded))
-                tokens = context + self._tokenize(loaded, text, first=not context)
+            text, tokens = await _in_thread(self._generate_prompt, loaded, params, model)
             fim = params.suffix and not params.raw
             stop_tokens = self._fim_stops(loaded) if fim else frozenset()
             think = self._thinking(params.think, model)
@@ -330,6 +330,18 @@ class Inference:
             job = self._job(prep, tokens, params, grammar, stop_tokens)
             async for item in self._run(loaded, job, parser, start, load_ns, keep_context=not params.raw):
                 yield item
+
+    def _generate_prompt(self, loaded: Loaded, params: GenerateParams, model: Model) -> tuple[str, list[int]]:
+        """The prompt's text (empty for FIM from the model's own tokens) and its tokens.
+        Blocking: call through `_in_thread`, as rendering and tokenizing a long prompt take seconds."""
+        if params.suffix and not params.raw and not self._uses_go_fim(params, model):
+            tokens = self._fim_tokens(loaded, params.prompt, params.suffix)
+            if tokens is None:
+                raise BadRequest(f"{model.entry.name.full} does not support insert")
+            return "", tokens
+        context = self._context(loaded, params.context)
+        text = self.render_generate(params, model, bos="" if context else self._bos(loaded))
+        return text, context + self._tokenize(loaded, text, first=not context)
 
     def _context(self, loaded: Loaded, context: list[int] | None) -> list[int]:
         """A previous answer's `context`, checked: a token outside the vocabulary would fail the whole
@@ -360,7 +372,7 @@ class Inference:
         start = time.perf_counter_ns()
         async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
             load_ns = time.perf_counter_ns() - start
-            text, tokens = self._chat_prompt(loaded, params, model, prep.options.num_predict)
+            text, tokens = await _in_thread(self._chat_prompt, loaded, params, model, prep.options.num_predict)
             think = self._thinking(params.think, model)
             names = [t["function"]["name"] for t in tools] if tools else None
             parser = ReplyParser(think=think, in_thinking=prompt_opens_thinking(text), tool_format=tool_format,
@@ -373,7 +385,7 @@ class Inference:
         """The rendered chat and its tokens. When it is too long for the context (and truncation is on),
         the oldest messages go first, whole, as in Ollama: system messages and the last message stay,
         and the template renders what is left. Only a last message too long by itself is cut in tokens
-        (by the runner)."""
+        (by the runner). Blocking: call through `_in_thread`."""
         bos = self._bos(loaded)
 
         def render(messages: list[dict]) -> tuple[str, list[int]]:
@@ -411,30 +423,36 @@ class Inference:
         start = time.perf_counter_ns()
         async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
             load_ns = time.perf_counter_ns() - start
-            llama, fim = loaded.llama, loaded.llama.fim
-            tokens = self._fim_tokens(loaded, prefix, suffix)
-            if tokens is None:
-                raise BadRequest(f"{model.entry.name.full} does not support insert")
-            context: list[int] = []
-            if extra:
-                if fim["rep"] >= 0:
-                    context += [fim["rep"]] + llama.tokenize("myproject\n", add_special=False)
-                for filename, text in extra:
-                    if fim["sep"] >= 0:
-                        context += [fim["sep"]] + llama.tokenize(f"{filename}\n", add_special=False)
-                    else:
-                        context += llama.tokenize(f"--- {filename} ---\n", add_special=False)
-                    context += llama.tokenize(text, add_special=False, parse_special=False)
-                if fim["sep"] >= 0:
-                    context += [fim["sep"]] + llama.tokenize("\n", add_special=False)
-            head = 1 if tokens and tokens[0] == llama.bos and llama.add_bos else 0
-            tokens = tokens[:head] + context + tokens[head:]
-            if middle:
-                tokens += llama.tokenize(middle, add_special=False, parse_special=False)
+            tokens = await _in_thread(self._infill_tokens, loaded, model, prefix, suffix, extra or [], middle)
             params = GenerateParams(model=name)
             job = self._job(prep, tokens, params, None, self._fim_stops(loaded))
             async for item in self._run(loaded, job, ReplyParser(think=False), start, load_ns, keep_context=False):
                 yield item
+
+    def _infill_tokens(self, loaded: Loaded, model: Model, prefix: str, suffix: str, extra: list[tuple[str, str]],
+                       middle: str) -> list[int]:
+        """The infill prompt's tokens (blocking: call through `_in_thread`)."""
+        llama, fim = loaded.llama, loaded.llama.fim
+        tokens = self._fim_tokens(loaded, prefix, suffix)
+        if tokens is None:
+            raise BadRequest(f"{model.entry.name.full} does not support insert")
+        context: list[int] = []
+        if extra:
+            if fim["rep"] >= 0:
+                context += [fim["rep"]] + llama.tokenize("myproject\n", add_special=False)
+            for filename, text in extra:
+                if fim["sep"] >= 0:
+                    context += [fim["sep"]] + llama.tokenize(f"{filename}\n", add_special=False)
+                else:
+                    context += llama.tokenize(f"--- {filename} ---\n", add_special=False)
+                context += llama.tokenize(text, add_special=False, parse_special=False)
+            if fim["sep"] >= 0:
+                context += [fim["sep"]] + llama.tokenize("\n", add_special=False)
+        head = 1 if tokens and tokens[0] == llama.bos and llama.add_bos else 0
+        tokens = tokens[:head] + context + tokens[head:]
+        if middle:
+            tokens += llama.tokenize(middle, add_special=False, parse_special=False)
+        return tokens
 
     def _thinking(self, think: bool | str | None, model: Model) -> bool:
         """Parse <think> blocks when thinking was asked for, or by default for thinking models."""
@@ -472,7 +490,7 @@ class Inference:
     async def render_chat_only(self, params: ChatParams) -> str:
         model = self.model(params.model)
         self._validate_chat(params, model)
-        return self.render_chat(params, model)
+        return await asyncio.to_thread(self.render_chat, params, model)
 
     def _job(self, prep: Prepared, tokens: list[int], params: GenerateParams | ChatParams, grammar: str | None,
              stop_tokens: frozenset[int]) -> Job:
@@ -543,21 +561,61 @@ class Inference:
 
     async def embed(self, name: str, inputs: list[str], *, truncate: bool = True, options: dict | None = None,
                     keep_alive: Any = None) -> tuple[list[list[float]], int, int]:
-        """Raw pooled vectors for each input, plus (prompt tokens, load ns)."""
-        import asyncio
+        """Raw pooled vectors for each input, plus (prompt tokens, load ns).
 
+        Tokenizing and each batch run in worker threads, off the event loop. Cancelling the caller
+        (its client went away) stops the work after the batch under way. Requests on one model take
+        turns batch by batch, and only the one whose turn it is holds a thread.
+        """
+        if len(inputs) > MAX_EMBED_INPUTS:
+            raise BadRequest(f"too many inputs: {len(inputs)}; at most {MAX_EMBED_INPUTS} in one request")
         model = self.model(name)
         prep = self._prepare(model, options, keep_alive)
         start = time.perf_counter_ns()
         async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
             load_ns = time.perf_counter_ns() - start
             embedder = await asyncio.to_thread(loaded.embedder_for, self.settings.num_threads)
+            stop = threading.Event()
+            token_lists = await _in_thread(self._embed_tokens, loaded, embedder, inputs, truncate, stop, stop=stop)
+            vectors: list[list[float]] = []
+            for batch in embedder.batches(token_lists):
+                async with loaded.embed_turn:
+                    vectors += await _in_thread(embedder.embed_batch, batch)
+            return vectors, sum(len(t) for t in token_lists), load_ns
+
+    def _embed_tokens(self, loaded: Loaded, embedder: Embedder, inputs: list[str], truncate: bool,
+                      stop: threading.Event) -> list[list[int]]:
+        """Each input's tokens, fitted to the embedding context; stops early once `stop` is set."""
+        token_lists = []
+        for text in inputs:
+            if stop.is_set():
+                return []  # the caller is gone: nothing reads the result
             try:
-                token_lists = [embedder.fit(self._tokenize(loaded, text), truncate) for text in inputs]
+                token_lists.append(embedder.fit(self._tokenize(loaded, text), truncate))
             except ContextLengthError as exc:
                 raise BadRequest(str(exc)) from exc
-            vectors = await asyncio.to_thread(embedder.embed, token_lists)
-            return vectors, sum(len(t) for t in token_lists), load_ns
+        return token_lists
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any, stop: threading.Event | None = None) -> T:
+    """`fn(*args)` in a worker thread, off the event loop (where it would hold up every other request).
+
+    fn uses the loaded model, which must stay loaded until fn returns: a caller cancelled meanwhile
+    (its client went away) sets `stop`, for an fn that checks it, and waits for fn before it lets the
+    cancellation go on. Errors fn raises come through unchanged.
+    """
+    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        if stop is not None:
+            stop.set()
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({future})
+        if not future.cancelled():
+            future.exception()  # retrieved: whatever fn ended with, the caller is gone
+        raise
 
 
 def _choice(tool_choice: Any) -> str:

@@ -7,12 +7,14 @@ scheduler.use(...)`); when the last request on it ends, its keep_alive timer sta
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .config import FOREVER, Settings
 from .engine.embedder import Embedder
@@ -23,6 +25,8 @@ from .store.gguf import GGUFError, read_info
 from .store.model import Model
 
 log = logging.getLogger("corral.scheduler")
+
+T = TypeVar("T")
 
 
 class QueueFull(Exception):
@@ -61,6 +65,8 @@ class Loaded:
     busy_since: float = 0.0  # monotonic time the first of the current users arrived
     busy_seconds: float = 0.0  # time with at least one user, earlier spans (for the metrics)
     closing: asyncio.Future | None = None  # set by Scheduler._evict, on the loop, before it awaits anything
+    # held for each embedding batch: requests on this model take turns, and those waiting hold no thread
+    embed_turn: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # embedder creation and close
 
@@ -114,6 +120,9 @@ class Scheduler:
         self.ram_budget = system_memory()
         self.gpu_budget = sum(d.free for d in devices() if d.kind in ("GPU", "iGPU")) if supports_gpu() else 0
         self.totals: dict[str, dict[str, int]] = {}  # runner stats of unloaded models, by name (metrics)
+        # loads and closes run here, not in the event loop's default executor, which other work
+        # (tokenizing, embeddings) can fill up
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="corral-load")
 
     # ---- requests ----------------------------------------------------------------------
 
@@ -130,7 +139,7 @@ class Scheduler:
         keep_alive = self.settings.keep_alive if keep_alive is None else keep_alive
         self._waiting += 1
         try:
-            loaded = await self._acquire(model, options)
+            loaded = await self._acquire(model, options, keep_alive)
         finally:
             self._waiting -= 1
         loaded.users += 1
@@ -181,6 +190,7 @@ class Scheduler:
     async def close(self) -> None:
         for loaded in list(self.loaded.values()):
             await self._evict(loaded)
+        self._executor.shutdown(wait=False)  # a load still under way (given up on) ends with the process
 
     # ---- internals ---------------------------------------------------------------------
 
@@ -191,6 +201,10 @@ class Scheduler:
         loaded.expires_at = time.time() + loaded.keep_alive
         loop = asyncio.get_running_loop()
         loaded.timer = loop.call_later(loaded.keep_alive, lambda: self._spawn(self._expire(loaded)))
+
+    def _in_executor(self, fn: Callable[..., T], *args) -> asyncio.Future[T]:
+        """fn(*args) on the scheduler's own threads."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _spawn(self, aw) -> None:
         """Run a background coroutine or future, holding a reference until it ends."""
@@ -215,36 +229,76 @@ class Scheduler:
                 loaded.timer.cancel()
                 loaded.timer = None
             loaded.expires_at = 0
-            loaded.closing = asyncio.ensure_future(asyncio.to_thread(loaded.close))
+            loaded.closing = self._in_executor(loaded.close)
         await asyncio.shield(loaded.closing)
 
-    async def _acquire(self, model: Model, options: RunnerOptions) -> Loaded:
+    async def _acquire(self, model: Model, options: RunnerOptions, keep_alive: float) -> Loaded:
+        """The model loaded with these options, loading it first when needed.
+
+        A request that goes away (its client disconnected) while its model loads does not stop the
+        load: the model is registered and stays for that request's keep_alive, as in Ollama, so an
+        editor that cancels request after request while the model loads still finds it loaded.
+        A request that goes away before its load has started starts none.
+        """
+        gone = asyncio.Event()
+        task = asyncio.ensure_future(self._acquire_locked(model, options, gone))
+        try:
+            loaded, _ = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            gone.set()
+            task.add_done_callback(lambda done: self._keep_unclaimed(done, keep_alive))
+            raise
+        assert loaded is not None
+        return loaded
+
+    async def _acquire_locked(self, model: Model, options: RunnerOptions,
+                              gone: asyncio.Event) -> tuple[Loaded | None, bool]:
+        """(the model, whether this call loaded it); (None, False) when the request left before a load began."""
         lock = self._locks.setdefault(model.digest, asyncio.Lock())
         async with lock:
             current = self.loaded.get(model.digest)
             if current is not None and current.options == options:
-                return current
+                return current, False
+            if gone.is_set():
+                return None, False
             if current is not None:  # other runner options: reload once it is idle
                 await self._wait_idle(current)
                 # meanwhile its keep_alive may have run out, or an unload or a make-room taken it
                 if self.loaded.get(model.digest) is current:
                     await self._evict(current)
             async with self._load_lock:
+                if gone.is_set():
+                    return None, False
                 await self._make_room()
                 placement = await self._place(model, options)
                 loaded = await self._load_in_thread(model, options, placement)
                 self.loaded[model.digest] = loaded
-                return loaded
+                return loaded, True
+
+    def _keep_unclaimed(self, task: asyncio.Future, keep_alive: float) -> None:
+        """A load ended after its request went away: the model's keep_alive starts now."""
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            log.warning("loading failed after its request went away: %s", task.exception())
+            return
+        loaded, fresh = task.result()
+        if not fresh or loaded.users > 0 or loaded.timer is not None or loaded.closing is not None:
+            return  # a model loaded before, or one another request holds: use() arms its expiry
+        loaded.keep_alive = keep_alive
+        loaded.last_used = time.monotonic()
+        log.info("loaded %s after its request went away; keeping it for its keep_alive", loaded.name)
+        self._arm(loaded)
 
     async def _load_in_thread(self, model: Model, options: RunnerOptions, placement: Plan) -> Loaded:
         """`_load` in a worker thread, within OLLAMA_LOAD_TIMEOUT (0 or less: no limit).
 
-        A thread cannot be stopped: when the request gives up (timeout, or the client went away),
+        A thread cannot be stopped: when the load is given up (timeout, or the server shutting down),
         the model is closed as soon as the thread has loaded it, instead of being left loaded
         and unaccounted for.
         """
         limit = self.settings.load_timeout
-        future = asyncio.get_running_loop().run_in_executor(None, self._load, model, options, placement)
+        future = self._in_executor(self._load, model, options, placement)
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout=limit if 0 < limit < FOREVER else None)
         except BaseException as exc:
@@ -261,7 +315,10 @@ class Scheduler:
             return
         loaded = future.result()
         log.info("closing %s: it finished loading after its request gave up", loaded.name)
-        self._spawn(asyncio.to_thread(loaded.close))
+        try:
+            self._spawn(self._in_executor(loaded.close))
+        except RuntimeError:  # the scheduler is closed: the process is ending, and its memory with it
+            pass
 
     async def _place(self, model: Model, options: RunnerOptions) -> Plan:
         """Plan where the model goes; unload idle models (least recently used first) until it fits."""

@@ -419,6 +419,79 @@ def test_load_timeout_is_a_load_error_and_closes_the_late_model(models):
     asyncio.run(main())
 
 
+# ---- 6b: a request that goes away while its model loads ------------------------------------------
+
+
+def gated_load(sched: Scheduler) -> tuple[list, threading.Event, threading.Event]:
+    """Wrap sched._load: each load starts, signals `started`, and waits for `release`."""
+    calls: list = []
+    started, release = threading.Event(), threading.Event()
+    real_load = sched._load
+
+    def load(*args):
+        calls.append(args[0].name)
+        started.set()
+        release.wait(60)
+        return real_load(*args)
+
+    sched._load = load
+    return calls, started, release
+
+
+def test_a_load_outlives_the_request_that_left(models):
+    """An editor cancels its request while the model loads (each keystroke sends a new one): the
+    load goes on, the model stays for that request's keep_alive, and the next request uses it."""
+    model = models[0]
+
+    async def main():
+        sched = scheduler()
+        calls, started, release = gated_load(sched)
+        try:
+            first = asyncio.ensure_future(sched.load(model, OPTS, 60))
+            await asyncio.to_thread(started.wait, 30)
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            release.set()
+            await until(lambda: model.digest in sched.loaded, what="the load to finish")
+            loaded = sched.loaded[model.digest]
+            assert loaded.llama.ptr is not None and loaded.runner.ctx is not None  # not closed
+            assert loaded.users == 0 and loaded.timer is not None
+            assert 50 < loaded.expires_at - time.time() <= 60  # the request's keep_alive
+            again = await sched.load(model, OPTS, None)
+            assert again is loaded and calls == [model.name]  # loaded once
+        finally:
+            release.set()
+            await sched.close()
+
+    asyncio.run(main())
+
+
+def test_a_request_that_left_before_its_load_began_starts_none(models):
+    """Requests queued behind another model's load and cancelled there load nothing."""
+
+    async def main():
+        sched = scheduler()
+        calls, started, release = gated_load(sched)
+        try:
+            first = asyncio.ensure_future(sched.load(models[0], OPTS, None))
+            await asyncio.to_thread(started.wait, 30)
+            second = asyncio.ensure_future(sched.load(models[1], OPTS, None))
+            await asyncio.sleep(0.1)  # waiting for the load lock
+            second.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await second
+            release.set()
+            await first
+            await asyncio.sleep(0.2)  # a load the cancelled request started would be under way now
+            assert calls == [models[0].name] and set(sched.loaded) == {models[0].digest}
+        finally:
+            release.set()
+            await sched.close()
+
+    asyncio.run(main())
+
+
 # ---- 7: a queued request whose client went away --------------------------------------------------
 
 

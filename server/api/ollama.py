@@ -11,7 +11,7 @@ from litestar.response import Stream
 
 from .. import __version__, modelfile
 from ..config import FOREVER, MAX_DURATION
-from ..inference import ChatParams, Delta, Final, GenerateParams, Inference, collect
+from ..inference import MAX_EMBED_INPUTS, ChatParams, Delta, Final, GenerateParams, Inference, collect
 from ..store.gguf import read_info
 from ..store.model import Model
 from . import types as t
@@ -210,6 +210,12 @@ def _tool_dict(tool: t.Tool) -> dict:
 # ---- embeddings ----------------------------------------------------------------------------
 
 
+async def _no_generation() -> AsyncIterator[Any]:
+    """For until_complete, which closes a generation at the end: an embedding has none."""
+    return
+    yield
+
+
 @post("/api/embed", status_code=200)
 async def embed(request: Request) -> Response:
     req = await decode(request, t.EmbedRequest)
@@ -229,12 +235,12 @@ async def embed(request: Request) -> Response:
         return json_response(t.EmbedResponse(model=req.model, embeddings=[]))
     if req.dimensions is not None and req.dimensions < 1:
         raise APIError(400, "dimensions must be greater than zero")
-    try:
-        vectors, n_tokens, load_ns = await inference.embed(
-            req.model, inputs, truncate=req.truncate is not False, options=req.options, keep_alive=req.keep_alive
-        )
-    except Exception as exc:
-        raise_for(exc)
+    if len(inputs) > MAX_EMBED_INPUTS:
+        raise APIError(400, f"too many inputs: {len(inputs)}; at most {MAX_EMBED_INPUTS} in one request")
+    # a client that goes away cancels the embedding (it stops after the batch under way)
+    work = inference.embed(req.model, inputs, truncate=req.truncate is not False, options=req.options,
+                           keep_alive=req.keep_alive)
+    vectors, n_tokens, load_ns = await until_complete(request, work, _no_generation(), raise_for)
     from ..engine.embedder import normalize
 
     out = []
@@ -257,10 +263,8 @@ async def embeddings(request: Request) -> Response:
         except Exception as exc:
             raise_for(exc)
         return json_response(t.EmbeddingResponse(embedding=[]))
-    try:
-        vectors, _, _ = await inference.embed(req.model, [req.prompt], options=req.options, keep_alive=req.keep_alive)
-    except Exception as exc:
-        raise_for(exc)
+    work = inference.embed(req.model, [req.prompt], options=req.options, keep_alive=req.keep_alive)
+    vectors, _, _ = await until_complete(request, work, _no_generation(), raise_for)
     return json_response(t.EmbeddingResponse(embedding=vectors[0]))
 
 

@@ -29,7 +29,7 @@ from litestar.response import Stream
 
 from ..engine.embedder import normalize
 from ..reply import call_id
-from ..inference import ChatParams, Delta, Final, GenerateParams, Inference
+from ..inference import MAX_EMBED_INPUTS, ChatParams, Delta, Final, GenerateParams, Inference
 from . import openai_types as o
 from .errors import raise_for, status_for
 from .wire import APIError, decode, encode, first_item, json_response, until_complete
@@ -555,6 +555,12 @@ async def completions(request: Request) -> Response | Stream:
 # ---- /v1/embeddings ----------------------------------------------------------------------
 
 
+async def _no_generation() -> AsyncIterator[Any]:
+    """For until_complete, which closes a generation at the end: an embedding has none."""
+    return
+    yield
+
+
 def _embed_inputs(value: Any) -> list[str]:
     if value is None:
         raise bad("input is required", "input")
@@ -577,15 +583,18 @@ async def embeddings(request: Request) -> Response:
         raise bad(f"invalid encoding_format {req.encoding_format!r}: expected float or base64", "encoding_format")
     if req.dimensions is not None and req.dimensions < 1:
         raise bad("dimensions must be greater than zero", "dimensions")
-    try:
-        if not inputs:
+    if len(inputs) > MAX_EMBED_INPUTS:
+        raise bad(f"too many inputs: {len(inputs)}; at most {MAX_EMBED_INPUTS} in one request", "input")
+    if not inputs:
+        try:
             await inference.load(req.model, req.options, req.keep_alive)
-            vectors, n_tokens = [], 0
-        else:
-            vectors, n_tokens, _ = await inference.embed(req.model, inputs, truncate=req.truncate is not False,
-                                                         options=req.options, keep_alive=req.keep_alive)
-    except Exception as exc:
-        raise_for(exc)
+        except Exception as exc:
+            raise_for(exc)
+        vectors, n_tokens = [], 0
+    else:  # a client that goes away cancels the embedding (it stops after the batch under way)
+        work = inference.embed(req.model, inputs, truncate=req.truncate is not False, options=req.options,
+                               keep_alive=req.keep_alive)
+        vectors, n_tokens, _ = await until_complete(request, work, _no_generation(), raise_for)
     data = []
     for i, v in enumerate(vectors):
         v = normalize(v)  # as /api/embed: unit length, and again after cutting to `dimensions`

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterator
 
 import llama_cpp.llama_cpp as C
 
@@ -40,24 +41,32 @@ class Embedder:
             raise ContextLengthError("the input length exceeds the context length")
         return tokens[: self.n_ctx]
 
+    def batches(self, inputs: list[list[int]]) -> Iterator[list[list[int]]]:
+        """Inputs (each fitted) in groups that fit one batch, in order."""
+        i = 0
+        while i < len(inputs):
+            group: list[list[int]] = []
+            total = 0
+            while i < len(inputs) and len(group) < self.n_seq and total + len(inputs[i]) <= self.n_ctx:
+                group.append(inputs[i])
+                total += len(inputs[i])
+                i += 1
+            if not group:  # one input alone larger than the batch cannot happen after fit()
+                raise ContextLengthError("the input length exceeds the context length")
+            yield group
+
     def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         """Raw pooled vectors, in input order (call from a worker thread)."""
-        out: list[list[float]] = []
+        return [vector for group in self.batches(inputs) for vector in self.embed_batch(group)]
+
+    def embed_batch(self, group: list[list[int]]) -> list[list[float]]:
+        """The vectors of one group from `batches` (call from a worker thread). The context is held
+        for one batch at a time: calls from several threads take turns, and close() waits at most
+        for the batch under way."""
         with self.lock:
             if self.ctx is None:
                 raise RuntimeError("model unloaded")
-            i = 0
-            while i < len(inputs):
-                group: list[list[int]] = []
-                total = 0
-                while i < len(inputs) and len(group) < self.n_seq and total + len(inputs[i]) <= self.n_ctx:
-                    group.append(inputs[i])
-                    total += len(inputs[i])
-                    i += 1
-                if not group:  # one input alone larger than the batch cannot happen after fit()
-                    raise ContextLengthError("the input length exceeds the context length")
-                out.extend(self._run(group))
-        return out
+            return self._run(group)
 
     def _run(self, group: list[list[int]]) -> list[list[float]]:
         C.llama_memory_clear(self.memory, True)
