@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 
 
@@ -26,10 +27,25 @@ def serve(args: argparse.Namespace) -> None:
         return
     import uvicorn
 
+    sock = listen(settings.host, settings.port)  # first: a second server stops here, having done nothing
     # on SIGTERM, requests still running get 5 s (Ollama stops at once; `docker stop` kills after 10 s)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-                access_log=False, http="httptools", loop="uvloop", timeout_keep_alive=30,
-                timeout_graceful_shutdown=5)
+    config = uvicorn.Config(create_app(settings), log_level="warning", access_log=False, http="httptools",
+                            loop="uvloop", timeout_keep_alive=30, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound; exits with Ollama's message when the address is taken."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reason = (exc.strerror or str(exc)).lower()
+        sys.exit(f"Error: listen tcp {where}: bind: {reason}")
+    return sock
 
 
 def server_url() -> str:

@@ -550,6 +550,27 @@ def test_sigterm_does_not_wait_for_long_generations(fresh_store, tmp_path):
         t.join(30)
 
 
+def test_a_second_server_on_a_taken_address_stops_before_doing_anything(fresh_store, tmp_path):
+    """`corral serve` while another server holds the address: Ollama's error, exit status 1, no
+    start-up work (its model directory is not even created), and the first server keeps serving."""
+    import os
+    import subprocess
+    import sys
+
+    first = start_server(fresh_store, log_dir=tmp_path)
+    try:
+        models = tmp_path / "second-models"
+        env = dict(os.environ, OLLAMA_HOST=first.host, OLLAMA_MODELS=str(models))
+        second = subprocess.run([sys.executable, "-m", "server", "serve"], env=env, capture_output=True,
+                                text=True, timeout=60)
+        assert second.returncode == 1
+        assert second.stderr.strip().endswith(f"Error: listen tcp {first.host}: bind: address already in use")
+        assert not models.exists()
+        assert httpx.get(first.url + "/api/version", timeout=10).status_code == 200
+    finally:
+        first.stop()
+
+
 @pytest.mark.parametrize("value, expected", [
     (None, ("127.0.0.1", 11434)), ("0.0.0.0", ("0.0.0.0", 11434)), (":18460", ("0.0.0.0", 18460)),
     ("[::1]:9000", ("::1", 9000)), ("::1", ("::1", 11434)), ("localhost:abc", ("localhost", 11434)),
