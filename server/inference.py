@@ -110,6 +110,7 @@ class Final:
     total_duration: int = 0
     context: list[int] | None = None
     tool_calls: int = 0  # how many tool calls the answer made (finish_reason "tool_calls")
+    reasoning_tokens: int = 0  # generated tokens that went to thinking, its tags included
 
 
 @dataclass
@@ -523,11 +524,14 @@ class Inference:
 
     async def _run(self, loaded: Loaded, job: Job, parser: ReplyParser, start: int, load_ns: int, *,
                    keep_context: bool) -> AsyncIterator[Delta | Final]:
-        calls = 0
+        calls = reasoning = 0
         try:
             async for event in loaded.runner.generate(job):
                 if isinstance(event, Piece):
+                    was_thinking = parser.thinking
                     part = parser.feed(event.text)
+                    if was_thinking or parser.thinking or part.thinking:
+                        reasoning += 1
                     lp = [(event.logprob, event.top or [])] if event.logprob is not None else None
                     calls += len(part.tool_calls)
                     if part or lp:
@@ -551,6 +555,7 @@ class Inference:
                         total_duration=time.perf_counter_ns() - start,
                         context=(job.tokens + event.output_tokens) if keep_context else None,
                         tool_calls=calls,
+                        reasoning_tokens=min(reasoning, event.eval_count),
                     )
                 elif isinstance(event, Failed):
                     raise RuntimeError(event.message)

@@ -443,6 +443,53 @@ def test_responses_completed_and_function_items(client, v1):
                                 tool_choice={"type": "function", "name": "get_weather"})
 
 
+# ---- usage details: reasoning and cached tokens ---------------------------------------------------
+
+THINKING_TEMPLATE = "{{ range .Messages }}{{ .Content }}\n{{ end }}{{ if .Think }}<think>\n{{ end }}"
+
+
+@pytest.fixture(scope="module")
+def thinker(tmp_path_factory, model_files):
+    """A server with `thinker`: the tiny model under a template that opens a think block (as Qwen 3's
+    does), so everything it generates with thinking on is reasoning."""
+    from server.store.register import register_gguf
+    from server.store.store import Store
+    from tests.conftest import start_server
+
+    root = tmp_path_factory.mktemp("thinker")
+    register_gguf(Store(root / "models"), "thinker", model_files["tiny"], template=THINKING_TEMPLATE)
+    srv = start_server(root / "models", log_dir=root)
+    yield openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    srv.stop()
+
+
+def test_usage_counts_reasoning_and_cached_tokens(thinker):
+    body = {"model": "thinker", "messages": [{"role": "user", "content": "why is the sky blue?"}],
+            "max_tokens": 8, "temperature": 0, "extra_body": {"options": {"ignore_eos": True}}}
+    first = thinker.chat.completions.create(**body)
+    usage = first.usage
+    assert usage.completion_tokens == 8
+    if first.choices[0].message.content:  # the random model closed its think block early
+        assert 0 < usage.completion_tokens_details.reasoning_tokens < 8
+    else:
+        assert usage.completion_tokens_details.reasoning_tokens == 8
+    assert first.choices[0].message.model_extra["reasoning"]
+    # the same prompt again: every prompt token comes from the prefix cache
+    again = thinker.chat.completions.create(**body).usage
+    assert again.prompt_tokens == usage.prompt_tokens
+    assert again.prompt_tokens_details.cached_tokens == again.prompt_tokens
+    # thinking off: none of the answer is reasoning
+    plain = thinker.chat.completions.create(**body, reasoning_effort="none").usage
+    assert plain.completion_tokens == 8 and plain.completion_tokens_details.reasoning_tokens == 0
+    # the Responses API reports the same
+    r = thinker.responses.create(model="thinker", input="why is the sky blue?", max_output_tokens=8,
+                                 temperature=0, extra_body={"options": {"ignore_eos": True}})
+    assert r.usage.output_tokens == 8 and r.usage.output_tokens_details.reasoning_tokens > 0
+    r2 = thinker.responses.create(model="thinker", input="why is the sky blue?", max_output_tokens=8,
+                                  temperature=0, extra_body={"options": {"ignore_eos": True}})
+    assert r2.usage.input_tokens_details.cached_tokens == r2.usage.input_tokens
+
+
 # ---- translation details the tiny model cannot produce (tool calls, thinking, failures) --------
 
 async def _items(items):

@@ -201,7 +201,14 @@ def _finish_reason(final: Final, tool_calls: bool) -> str:
 
 def _usage(final: Final) -> o.Usage:
     return o.Usage(prompt_tokens=final.prompt_tokens, completion_tokens=final.eval_count,
-                   total_tokens=final.prompt_tokens + final.eval_count)
+                   total_tokens=final.prompt_tokens + final.eval_count,
+                   prompt_tokens_details=o.PromptTokensDetails(cached_tokens=_cached(final)),
+                   completion_tokens_details=o.CompletionTokensDetails(reasoning_tokens=final.reasoning_tokens))
+
+
+def _cached(final: Final) -> int:
+    """Prompt tokens the prefix cache supplied (OpenAI's cached_tokens)."""
+    return max(0, final.prompt_tokens - final.prompt_eval_count)
 
 
 def _token_logprobs(delta: Delta) -> list[o.TokenLogprob]:
@@ -794,8 +801,11 @@ class _ResponseBuilder:
         req = self.req
         usage = None
         if final is not None:
-            usage = o.ResponsesUsage(input_tokens=final.prompt_tokens, output_tokens=final.eval_count,
-                                     total_tokens=final.prompt_tokens + final.eval_count)
+            usage = o.ResponsesUsage(
+                input_tokens=final.prompt_tokens, output_tokens=final.eval_count,
+                total_tokens=final.prompt_tokens + final.eval_count,
+                input_tokens_details=o.InputTokensDetails(cached_tokens=_cached(final)),
+                output_tokens_details=o.OutputTokensDetails(reasoning_tokens=final.reasoning_tokens))
         return o.ResponseObject(
             id=self.rid, created_at=self.created, model=req.model, status=status, output=list(output), usage=usage,
             error=error,

@@ -41,10 +41,20 @@ class ErrorResponse(msgspec.Struct):
 # ---- shared pieces -----------------------------------------------------------------------
 
 
+class PromptTokensDetails(msgspec.Struct):
+    cached_tokens: int = 0  # prompt tokens taken from the prefix cache instead of computed
+
+
+class CompletionTokensDetails(msgspec.Struct):
+    reasoning_tokens: int = 0  # tokens of the answer's thinking (its reasoning), tags included
+
+
 class Usage(msgspec.Struct):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = msgspec.field(default_factory=PromptTokensDetails)
+    completion_tokens_details: CompletionTokensDetails = msgspec.field(default_factory=CompletionTokensDetails)
 
 
 class StreamOptions(msgspec.Struct):
