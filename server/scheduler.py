@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import TypeVar
 from .config import FOREVER, Settings
 from .engine.embedder import Embedder
 from .engine.llama import LlamaModel, LoadError, batch_invariant_kernels, devices, supports_gpu
-from .engine.memory import InsufficientMemory, Plan, estimate, plan, system_memory
+from .engine.memory import InsufficientMemory, Plan, embedding_context, estimate, plan, system_memory
 from .engine.runner import Runner
 from .store.gguf import GGUFError, read_info
 from .store.model import Model
@@ -90,7 +91,16 @@ class Loaded:
                 raise RuntimeError("model unloaded")
             if self.embedder is None:
                 self.embedder = Embedder(self.llama, n_ctx=self.options.num_ctx, n_threads=n_threads)
+                self.plan = self._with_embedder(self.plan)
             return self.embedder
+
+    def _with_embedder(self, placed: Plan) -> Plan:
+        """The plan grown by the embedding context, on the devices its layers are on."""
+        extra = embedding_context(self.model.gguf, n_ctx=self.embedder.n_ctx, n_seq=self.embedder.n_seq)
+        n_layer = int(self.model.gguf.arch_value("block_count", 0) or 0) or 1
+        on_gpu = extra * min(placed.gpu_layers, n_layer + 1) // (n_layer + 1)
+        return dataclasses.replace(placed, gpu_bytes=placed.gpu_bytes + on_gpu,
+                                   cpu_bytes=placed.cpu_bytes + extra - on_gpu)
 
     def close(self) -> None:
         """Free the contexts and the weights (in a worker thread); later calls do nothing."""

@@ -319,6 +319,27 @@ def test_concurrent_first_embeddings_create_one_context(models, monkeypatch):
     asyncio.run(main())
 
 
+def test_the_embedding_context_counts_in_the_models_size(models):
+    """The embedding context is memory the model holds: its size (in /api/ps and in the plan the next
+    load is placed against) grows by it once, when the first embedding creates it."""
+    from server.engine.memory import embedding_context
+
+    async def main():
+        sched = scheduler()
+        try:
+            async with sched.use(models[0], OPTS, None) as loaded:
+                before = loaded.size
+                embedder = await asyncio.to_thread(loaded.embedder_for, 1)
+                await asyncio.to_thread(loaded.embedder_for, 1)
+            extra = embedding_context(models[0].gguf, n_ctx=embedder.n_ctx, n_seq=embedder.n_seq)
+            assert extra > 0 and loaded.size == before + extra
+            assert loaded.plan.cpu_bytes == before + extra  # no GPU here: all of it in system memory
+        finally:
+            await sched.close()
+
+    asyncio.run(main())
+
+
 # ---- 5: OLLAMA_MAX_LOADED_MODELS and the memory plan under concurrent loads -----------------------
 
 

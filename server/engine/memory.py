@@ -63,6 +63,14 @@ def estimate(info: GGUFInfo, file_size: int, *, cells: int, kv_type: str, n_batc
     return Estimate(weights=file_size, kv=kv, compute=compute, n_layer=n_layer)
 
 
+def embedding_context(info: GGUFInfo, *, n_ctx: int, n_seq: int) -> int:
+    """Bytes of the second context an embedding request creates beside the generation one
+    (`Embedder`): an f16 cache of n_ctx cells and compute buffers for one n_ctx-token batch."""
+    est = estimate(info, 0, cells=n_ctx, kv_type="f16", n_batch=n_ctx, n_seq=n_seq)
+    scale = max(1, n_ctx) / min(max(1, n_ctx), 512)  # estimate() sizes compute for 512-token batches
+    return est.kv + int(est.compute * scale)
+
+
 def plan(est: Estimate, *, gpu_free: int, ram_free: int, num_gpu: int = -1) -> Plan:
     """Place the model: `num_gpu` layers on the GPU (-1: as many as fit), the rest in system memory."""
     layers = est.n_layer + 1
