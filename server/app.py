@@ -52,9 +52,14 @@ def host_allowed(host_header: str) -> bool:
         return True
     try:
         ip = ipaddress.ip_address(host)
-        return ip.is_loopback or ip.is_private or ip.is_unspecified
     except ValueError:
         return False
+    return ip.is_loopback or ip.is_unspecified or any(ip in net for net in PRIVATE_NETWORKS)
+
+
+# Go's netip.Addr.IsPrivate (RFC 1918 and RFC 4193), which Ollama's check uses; Python's is_private
+# also takes documentation, benchmarking, link-local and reserved ranges
+PRIVATE_NETWORKS = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")]
 
 
 def cors_and_host(settings: Settings):

@@ -111,6 +111,21 @@ def test_invalid_names_and_methods(corral_server):
     assert httpx.get(corral_server.url + "/api/nope").status_code == 404
 
 
+@pytest.mark.parametrize("host, allowed", [
+    ("localhost:11434", True), ("127.0.0.2", True), ("[::1]:11434", True), ("0.0.0.0", True),
+    ("10.1.2.3:80", True), ("172.31.0.1", True), ("192.168.1.1", True), ("[fd00::1]", True),
+    ("box.local", True), ("api.internal:8080", True), ("x.localhost", True), ("", True),
+    ("evil.example.com", False), ("172.32.0.1", False), ("192.0.2.1", False), ("198.18.0.1", False),
+    ("169.254.1.1", False), ("8.8.8.8", False), ("localhost.evil.com", False),
+])
+def test_host_rule_is_ollamas(host, allowed):
+    """As Ollama's allowedHostsMiddleware: loopback, unspecified and Go's private ranges (not the
+    documentation, benchmarking and link-local ones Python also calls private), local names."""
+    from server.app import host_allowed
+
+    assert host_allowed(host) is allowed
+
+
 def test_host_check_and_cors(corral_server):
     r = httpx.get(corral_server.url + "/api/version", headers={"Host": "evil.example.com"})
     assert r.status_code == 403
