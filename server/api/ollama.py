@@ -210,12 +210,6 @@ def _tool_dict(tool: t.Tool) -> dict:
 # ---- embeddings ----------------------------------------------------------------------------
 
 
-async def _no_generation() -> AsyncIterator[Any]:
-    """For until_complete, which closes a generation at the end: an embedding has none."""
-    return
-    yield
-
-
 @post("/api/embed", status_code=200)
 async def embed(request: Request) -> Response:
     req = await decode(request, t.EmbedRequest)
@@ -240,7 +234,7 @@ async def embed(request: Request) -> Response:
     # a client that goes away cancels the embedding (it stops after the batch under way)
     work = inference.embed(req.model, inputs, truncate=req.truncate is not False, options=req.options,
                            keep_alive=req.keep_alive)
-    vectors, n_tokens, load_ns = await until_complete(request, work, _no_generation(), raise_for)
+    vectors, n_tokens, load_ns = await until_complete(request, work, None, raise_for)
     from ..engine.embedder import normalize
 
     out = []
@@ -264,7 +258,7 @@ async def embeddings(request: Request) -> Response:
             raise_for(exc)
         return json_response(t.EmbeddingResponse(embedding=[]))
     work = inference.embed(req.model, [req.prompt], options=req.options, keep_alive=req.keep_alive)
-    vectors, _, _ = await until_complete(request, work, _no_generation(), raise_for)
+    vectors, _, _ = await until_complete(request, work, None, raise_for)
     return json_response(t.EmbeddingResponse(embedding=vectors[0]))
 
 

@@ -562,12 +562,6 @@ async def completions(request: Request) -> Response | Stream:
 # ---- /v1/embeddings ----------------------------------------------------------------------
 
 
-async def _no_generation() -> AsyncIterator[Any]:
-    """For until_complete, which closes a generation at the end: an embedding has none."""
-    return
-    yield
-
-
 def _embed_inputs(value: Any) -> list[str]:
     if value is None:
         raise bad("input is required", "input")
@@ -601,7 +595,7 @@ async def embeddings(request: Request) -> Response:
     else:  # a client that goes away cancels the embedding (it stops after the batch under way)
         work = inference.embed(req.model, inputs, truncate=req.truncate is not False, options=req.options,
                                keep_alive=req.keep_alive)
-        vectors, n_tokens, _ = await until_complete(request, work, _no_generation(), raise_for)
+        vectors, n_tokens, _ = await until_complete(request, work, None, raise_for)
     data = []
     for i, v in enumerate(vectors):
         v = normalize(v)  # as /api/embed: unit length, and again after cutting to `dimensions`

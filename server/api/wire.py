@@ -133,9 +133,10 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def until_complete(request: Request, work: Awaitable[T], it: AsyncIterator[Any],
+async def until_complete(request: Request, work: Awaitable[T], it: AsyncIterator[Any] | None,
                          on_error: Callable[[Exception], Any]) -> T:
-    """Await a non-streaming collection; cancel it if the client goes away; always close the generation."""
+    """Await a non-streaming collection (or other work, such as an embedding); cancel it if the
+    client goes away; always close the generation `it` that `work` reads, if any."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
@@ -154,4 +155,5 @@ async def until_complete(request: Request, work: Awaitable[T], it: AsyncIterator
         if not task.done():
             task.cancel()
         await asyncio.wait({task})  # the generator must be idle before it can be closed
-        await it.aclose()
+        if it is not None:
+            await it.aclose()
