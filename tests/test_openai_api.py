@@ -526,7 +526,9 @@ def test_chat_stream_tool_calls_and_reasoning_offline():
     second = deltas[3]["tool_calls"][0]
     assert second["index"] == 1 and second["id"].startswith("call_") and second["function"]["arguments"] == "{}"
     assert deltas[4] == {} and chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
-    assert chunks[-1]["usage"] == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+    assert chunks[-1]["usage"] == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12,
+                                   "prompt_tokens_details": {"cached_tokens": 4},
+                                   "completion_tokens_details": {"reasoning_tokens": 0}}
 
 
 def test_chat_stream_error_after_start_offline():
