@@ -91,16 +91,16 @@ class Loaded:
                 raise RuntimeError("model unloaded")
             if self.embedder is None:
                 self.embedder = Embedder(self.llama, n_ctx=self.options.num_ctx, n_threads=n_threads)
-                self.plan = self._with_embedder(self.plan)
+                self._count_embedder()
             return self.embedder
 
-    def _with_embedder(self, placed: Plan) -> Plan:
-        """The plan grown by the embedding context, on the devices its layers are on."""
+    def _count_embedder(self) -> None:
+        """Grow the plan by the embedding context, on the devices its layers are on."""
         extra = embedding_context(self.model.gguf, n_ctx=self.embedder.n_ctx, n_seq=self.embedder.n_seq)
-        n_layer = int(self.model.gguf.arch_value("block_count", 0) or 0) or 1
-        on_gpu = extra * min(placed.gpu_layers, n_layer + 1) // (n_layer + 1)
-        return dataclasses.replace(placed, gpu_bytes=placed.gpu_bytes + on_gpu,
-                                   cpu_bytes=placed.cpu_bytes + extra - on_gpu)
+        layers = extra.n_layer + 1
+        on_gpu = extra.total * min(self.plan.gpu_layers, layers) // layers
+        self.plan = dataclasses.replace(self.plan, gpu_bytes=self.plan.gpu_bytes + on_gpu,
+                                        cpu_bytes=self.plan.cpu_bytes + extra.total - on_gpu)
 
     def close(self) -> None:
         """Free the contexts and the weights (in a worker thread); later calls do nothing."""

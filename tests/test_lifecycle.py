@@ -331,7 +331,7 @@ def test_the_embedding_context_counts_in_the_models_size(models):
                 before = loaded.size
                 embedder = await asyncio.to_thread(loaded.embedder_for, 1)
                 await asyncio.to_thread(loaded.embedder_for, 1)
-            extra = embedding_context(models[0].gguf, n_ctx=embedder.n_ctx, n_seq=embedder.n_seq)
+            extra = embedding_context(models[0].gguf, n_ctx=embedder.n_ctx, n_seq=embedder.n_seq).total
             assert extra > 0 and loaded.size == before + extra
             assert loaded.plan.cpu_bytes == before + extra  # no GPU here: all of it in system memory
         finally:

@@ -11,7 +11,7 @@ from litestar.response import Stream
 
 from .. import __version__, modelfile
 from ..config import FOREVER, MAX_DURATION
-from ..inference import MAX_EMBED_INPUTS, ChatParams, Delta, Final, GenerateParams, Inference, collect
+from ..inference import ChatParams, Delta, Final, GenerateParams, Inference, collect
 from ..store.gguf import read_info
 from ..store.model import Model
 from . import types as t
@@ -229,9 +229,8 @@ async def embed(request: Request) -> Response:
         return json_response(t.EmbedResponse(model=req.model, embeddings=[]))
     if req.dimensions is not None and req.dimensions < 1:
         raise APIError(400, "dimensions must be greater than zero")
-    if len(inputs) > MAX_EMBED_INPUTS:
-        raise APIError(400, f"too many inputs: {len(inputs)}; at most {MAX_EMBED_INPUTS} in one request")
-    # a client that goes away cancels the embedding (it stops after the batch under way)
+    # inference.embed refuses more than MAX_EMBED_INPUTS inputs (400); a client that goes away
+    # cancels the embedding (it stops after the batch under way)
     work = inference.embed(req.model, inputs, truncate=req.truncate is not False, options=req.options,
                            keep_alive=req.keep_alive)
     vectors, n_tokens, load_ns = await until_complete(request, work, None, raise_for)

@@ -48,7 +48,10 @@ class Plan:
     cpu_bytes: int
 
 
-def estimate(info: GGUFInfo, file_size: int, *, cells: int, kv_type: str, n_batch: int, n_seq: int) -> Estimate:
+def estimate(info: GGUFInfo, file_size: int, *, cells: int, kv_type: str, n_batch: int, n_seq: int,
+             n_ubatch: int | None = None) -> Estimate:
+    """Weights, cache and compute buffers; compute is sized for the micro-batch (`n_ubatch`, by
+    default the runner's min(n_batch, 512))."""
     n_layer = int(info.arch_value("block_count", 0) or 0) or 1
     n_embd = int(info.arch_value("embedding_length", 0) or 0) or 1
     n_head = int(info.arch_value("attention.head_count", 0) or 0) or 1
@@ -59,16 +62,15 @@ def estimate(info: GGUFInfo, file_size: int, *, cells: int, kv_type: str, n_batc
     n_vocab = int(info.arch_value("vocab_size", 0) or 0) or info.array_lengths.get("tokenizer.ggml.tokens", 32000)
     kv = int(n_layer * cells * n_head_kv * (key + value) * KV_BYTES.get(kv_type, 2.0))
     ff = int(info.arch_value("feed_forward_length", 0) or 0) or 4 * n_embd
-    compute = 4 * min(n_batch, 512) * (3 * n_embd + ff) + 4 * n_vocab * n_seq
+    ubatch = min(n_batch, 512) if n_ubatch is None else n_ubatch
+    compute = 4 * ubatch * (3 * n_embd + ff) + 4 * n_vocab * n_seq
     return Estimate(weights=file_size, kv=kv, compute=compute, n_layer=n_layer)
 
 
-def embedding_context(info: GGUFInfo, *, n_ctx: int, n_seq: int) -> int:
-    """Bytes of the second context an embedding request creates beside the generation one
-    (`Embedder`): an f16 cache of n_ctx cells and compute buffers for one n_ctx-token batch."""
-    est = estimate(info, 0, cells=n_ctx, kv_type="f16", n_batch=n_ctx, n_seq=n_seq)
-    scale = max(1, n_ctx) / min(max(1, n_ctx), 512)  # estimate() sizes compute for 512-token batches
-    return est.kv + int(est.compute * scale)
+def embedding_context(info: GGUFInfo, *, n_ctx: int, n_seq: int) -> Estimate:
+    """The second context an embedding request creates beside the generation one (`Embedder`):
+    an f16 cache of n_ctx cells and compute buffers for one n_ctx-token batch (no weights)."""
+    return estimate(info, 0, cells=n_ctx, kv_type="f16", n_batch=n_ctx, n_ubatch=n_ctx, n_seq=n_seq)
 
 
 def plan(est: Estimate, *, gpu_free: int, ram_free: int, num_gpu: int = -1) -> Plan:
