@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import json
+import random
 import threading
 import time
 
@@ -12,6 +13,7 @@ import httpx
 import ollama
 import pytest
 
+from server.engine.runner import common_prefix
 from tests.conftest import start_server
 
 PROMPTS = [
@@ -238,6 +240,51 @@ def test_deterministic_mode_keeps_the_prefix_cache(store_dir, tmp_path):
         again = answer("the sea")  # computes only what follows "Tell me about the" on that cache
         assert "prefix cache: reusing" in server.log_text()
         assert len(cold) == 16 and again == cold
+    finally:
+        server.stop()
+
+
+def test_common_prefix_matches_a_token_by_token_scan():
+    rng = random.Random(7)
+    for _ in range(500):
+        a = [rng.randrange(3) for _ in range(rng.randrange(40))]
+        b = a[:rng.randrange(len(a) + 1)] + [rng.randrange(3) for _ in range(rng.randrange(40))]
+        expected = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        assert common_prefix(a, b) == common_prefix(b, a) == expected
+
+
+def test_requests_arriving_together_compute_their_shared_prefix_once(store_dir, tmp_path):
+    """Four chats sent at once with one system prompt: one sequence computes the prompt, the others
+    copy its cells and compute only their own question (their prompt_eval_count says so). Deterministic
+    mode makes the check exact: each answer has, bit for bit, the logprobs it has alone."""
+    server = start_server(store_dir, {"CORRAL_DETERMINISTIC": "1", "OLLAMA_NUM_PARALLEL": "4"}, log_dir=tmp_path)
+    system = ("You are a patient teacher for curious children. Answer every question in two short sentences, "
+              "with plain words, one example from daily life, and no lists or headings.")
+    questions = ["Why is the sea salty?", "How do birds fly?", "What makes thunder?", "Why do we sleep?"]
+
+    async def run() -> tuple[list, list]:
+        client = ollama.AsyncClient(host=server.url)
+        await client.generate("gemma3:270m", "")  # load only: no cells cached yet
+
+        async def answer(question: str) -> tuple[int, list[tuple[str, float]]]:
+            stream = await client.chat("gemma3:270m", [{"role": "system", "content": system},
+                                                       {"role": "user", "content": question}],
+                                       stream=True, logprobs=True, options={"temperature": 0, "num_predict": 12})
+            parts = [part async for part in stream]
+            return parts[-1].prompt_eval_count, [(lp.token, lp.logprob) for p in parts for lp in p.logprobs or []]
+
+        together = await asyncio.gather(*[answer(q) for q in questions])
+        alone = [await answer(q) for q in questions]
+        return together, alone
+
+    try:
+        together, alone = asyncio.run(run())
+        assert [lps for _, lps in together] == [lps for _, lps in alone]
+        assert all(len(lps) == 12 for _, lps in alone)
+        counts = sorted(count for count, _ in together)
+        full = counts[-1]  # the one that computed the system prompt
+        assert full > 40 and all(count < full - 30 for count in counts[:3]), counts
+        assert server.log_text().count("prefix cache: copying") >= 3
     finally:
         server.stop()
 
