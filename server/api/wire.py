@@ -54,7 +54,10 @@ async def decode(request: Request, kind: type[T], *, allow_empty: bool = False) 
     try:
         try:
             obj = msgspec.json.decode(body)
-        except UnicodeDecodeError:  # bytes that are not UTF-8 become U+FFFD, as Go's decoder (Ollama's) makes them
+        except (UnicodeDecodeError, msgspec.DecodeError):  # msgspec >= 0.23 raises the latter for bad UTF-8
+            if _is_utf8(body):
+                raise
+            # bytes that are not UTF-8 become U+FFFD, as Go's decoder (Ollama's) makes them
             obj = msgspec.json.decode(body.decode("utf-8", errors="replace"))
         return msgspec.convert(_without_nulls(obj), type=kind)
     except msgspec.ValidationError as exc:
@@ -62,6 +65,14 @@ async def decode(request: Request, kind: type[T], *, allow_empty: bool = False) 
         raise APIError(400, f"invalid request: {exc}", param=path[1] if path else None) from exc
     except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested deeper than Python recurses
         raise APIError(400, f"invalid JSON in request body: {exc}") from exc
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _without_nulls(obj: Any) -> Any:
