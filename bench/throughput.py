@@ -30,7 +30,7 @@ import httpx
 import llama_cpp.llama_cpp as C
 
 from server.engine.job import Done, Job, Sampling
-from server.engine.llama import LlamaModel, context_params, default_threads, new_context
+from server.engine.llama import LlamaModel, context_params, default_threads, new_context, supports_gpu
 from server.engine.runner import Runner
 
 from .common import CorralProcess, ServerProcess, free_port, gguf_path, model_store, prompt_for
@@ -190,10 +190,11 @@ def measure_level(server: CorralProcess, path: str, n: int, args: argparse.Names
     around = [(a + b) / 2 for a, b in zip(raws, raws[1:])]
     med = statistics.median
     level = {"concurrency": n, "repeat": args.repeat, "raw_tok_s": [round(r, 1) for r in raws],
-             "raw_no_repack_tok_s": round(raw_decode(path, n, args.tokens, extra_bufts=False), 1),
              "corral_tok_s": [round(c, 1) for c in corral], "ttft_p50_ms": round(med(ttfts), 1),
              "ratios": [round(c / r, 3) for c, r in zip(corral, around)]}
     level["ratio"] = med(level["ratios"])
+    if not supports_gpu():  # repacked layouts are CPU weight layouts: nothing to compare with layers on a GPU
+        level["raw_no_repack_tok_s"] = round(raw_decode(path, n, args.tokens, extra_bufts=False), 1)
     if engine:
         level.update(engine_tok_s=[round(e, 1) for e in engine], engine_ratios=[round(e / r, 3) for e, r in zip(engine, around)])
         level["engine_ratio"] = med(level["engine_ratios"])
@@ -207,9 +208,11 @@ def measure_level(server: CorralProcess, path: str, n: int, args: argparse.Names
 
 
 def describe(level: dict) -> str:
-    line = (f"N={level['concurrency']:<3} raw {statistics.median(level['raw_tok_s']):7.1f} tok/s "
-            f"(no repack {level['raw_no_repack_tok_s']:7.1f})  corral {statistics.median(level['corral_tok_s']):7.1f} "
-            f"tok/s  TTFT p50 {level['ttft_p50_ms']:6.1f} ms  ratio {level['ratio']:.3f} {level['ratios']}")
+    line = f"N={level['concurrency']:<3} raw {statistics.median(level['raw_tok_s']):7.1f} tok/s "
+    if "raw_no_repack_tok_s" in level:
+        line += f"(no repack {level['raw_no_repack_tok_s']:7.1f})  "
+    line += (f"corral {statistics.median(level['corral_tok_s']):7.1f} tok/s  TTFT p50 {level['ttft_p50_ms']:6.1f} ms  "
+             f"ratio {level['ratio']:.3f} {level['ratios']}")
     if "engine_ratio" in level:
         line += f"  | engine in-process {statistics.median(level['engine_tok_s']):7.1f} tok/s  ratio {level['engine_ratio']:.3f}"
     if "llama_server_ratio" in level:
