@@ -13,7 +13,9 @@ import httpx
 import ollama
 import pytest
 
-from server.engine.runner import common_prefix
+from server.engine.job import Done, Job, Sampling
+from server.engine.llama import LlamaModel
+from server.engine.runner import Runner, common_prefix
 from tests.conftest import start_server
 
 PROMPTS = [
@@ -287,6 +289,38 @@ def test_requests_arriving_together_compute_their_shared_prefix_once(store_dir, 
         assert server.log_text().count("prefix cache: copying") >= 3
     finally:
         server.stop()
+
+
+def test_prompts_admitted_in_one_step_wait_for_the_one_computing_their_prefix(model_files):
+    """Four prompts with one 40-token prefix, admitted in the same step (the decode thread is held
+    off until all four are queued): the first computes its whole prompt, the other three wait that
+    step, copy the prefix and compute only their own ends."""
+    model = LlamaModel(model_files["tiny"])
+    runner = Runner(model, n_ctx=512, n_parallel=4)
+    prefix = model.tokenize("shared instructions " * 20)[:40]
+    jobs = [Job(tokens=prefix + model.tokenize(f" question {i}", add_special=False), num_predict=4,
+                sampling=Sampling(temperature=0), ignore_eos=True) for i in range(4)]
+
+    async def run() -> list[Done]:
+        async def done(job: Job) -> Done:
+            return [event async for event in runner.generate(job)][-1]
+
+        with runner._wake:  # re-entrant: the tasks queue their jobs on this thread while the decode thread waits
+            tasks = [asyncio.ensure_future(done(job)) for job in jobs]
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert len(runner._pending) == 4
+        return await asyncio.gather(*tasks)
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        runner.close()
+        model.close()
+    assert all(isinstance(r, Done) and r.eval_count == 4 for r in results)
+    length, shared = len(jobs[0].tokens), common_prefix(jobs[0].tokens, jobs[1].tokens)
+    assert all(len(job.tokens) == length for job in jobs) and shared >= 40
+    assert [r.prompt_eval_count for r in results] == [length] + [length - shared] * 3
 
 
 def test_idle_sequence_between_running_ones_is_padded(store_dir, tmp_path):
