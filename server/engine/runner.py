@@ -11,9 +11,10 @@ A sequence keeps its tokens in the KV cache after its job ends; the next job is 
 the idle sequence sharing the longest prefix with its prompt, and only the rest is computed.
 Requests running at the same time share prefixes too (a system prompt, tool definitions): a
 prompt copies the cells another sequence holds of it instead of computing them, and waits a step
-for a prompt computing them right now (`_borrow`). A sequence also keeps the logits that followed its last prompt: a request repeating that prompt exactly
-samples its first token from them, so it computes nothing and gives the same text (computing the
-last token again, in a batch of another shape, could give other numbers).
+for a prompt computing them right now (`_borrow`). A sequence also keeps the logits that followed
+its last prompt: a request repeating that prompt exactly samples its first token from them, so it
+computes nothing and gives the same text (computing the last token again, in a batch of another
+shape, could give other numbers).
 """
 
 from __future__ import annotations
@@ -42,12 +43,12 @@ log = logging.getLogger("corral.engine")
 # model looping with context shift on cannot hold a sequence forever
 OPEN_ENDED_LIMIT = 10
 
-# a prompt takes cells from another sequence when that spares computing at least this many of its
-# tokens: on a CPU 16 prompt tokens cost more than a decode step, on a GPU the copy is what is cheap
+# a prompt waits for, or copies, another sequence's cells only when that spares computing at least
+# this many of its tokens (gemma3:270m on 2 CPU cores: 16 prompt tokens take about 50 ms, a decode
+# step of four streams about 41 ms, so waiting a step for them pays)
 BORROW_MIN = 16
-# ...and the source holds at most this many times as many cells as are gained (llama.cpp copies a
-# sequence's state whole; measured on gemma3:270m, 2 CPU cores: 0.4 ms for 22 cells, against 3 ms
-# to compute one prompt token)
+# ...and from a source holding at most this many times as many cells as are gained: llama.cpp copies
+# a sequence's state whole (there: 0.4 ms for 22 cells, against 3 ms to compute one prompt token)
 BORROW_SPAN = 8
 
 
@@ -373,8 +374,8 @@ class Runner:
         """Spare computing prompt tokens another sequence has or is computing; True: wait this step.
 
         Another prompt ahead of this one (further in, or as far and a lower id: an order, so two
-        never wait on each other) that is still computing at least BORROW_MIN more tokens of what
-        they share makes this one wait for them. Otherwise the sequence holding most of this
+        never wait on each other) that has yet to compute a part of this prompt that this one lacks,
+        of BORROW_MIN tokens or more, makes this one wait for it. Otherwise the sequence holding most of this
         prompt beyond what this one has, if that is BORROW_MIN tokens or more, lends its cells:
         llama.cpp writes out the source's state and reads it in here, and the cells past the shared
         part are dropped. The numbers are the source's, so deterministic mode stays exact.
@@ -406,12 +407,13 @@ class Runner:
         size = C.llama_state_seq_get_size_ext(self.ctx, source.id, 0)
         buf = np.empty(size, np.uint8)  # not zeroed: it can be large
         state = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
-        ok = C.llama_state_seq_get_data_ext(self.ctx, state, size, source.id, 0) == size \
-            and C.llama_state_seq_set_data_ext(self.ctx, state, size, seq.id, 0) == size \
-            and C.llama_memory_seq_rm(self.memory, seq.id, n, -1)
-        seq.forget(0)
-        if not ok:  # its own cells are gone too: compute the whole prompt
-            log.warning("could not copy cached cells from sequence %d to %d", source.id, seq.id)
+        if C.llama_state_seq_get_data_ext(self.ctx, state, size, source.id, 0) != size:
+            log.warning("could not read the cells of sequence %d", source.id)
+            return
+        seq.forget(0)  # reading a state in replaces the sequence's cells
+        if C.llama_state_seq_set_data_ext(self.ctx, state, size, seq.id, 0) != size \
+                or not C.llama_memory_seq_rm(self.memory, seq.id, n, -1):
+            log.warning("could not copy cells from sequence %d to %d: computing the whole prompt", source.id, seq.id)
             C.llama_memory_seq_rm(self.memory, seq.id, -1, -1)
             seq.fed = seq.cached = 0
             return
