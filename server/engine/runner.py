@@ -374,11 +374,12 @@ class Runner:
         """Spare computing prompt tokens another sequence has or is computing; True: wait this step.
 
         Another prompt ahead of this one (further in, or as far and a lower id: an order, so two
-        never wait on each other) that has yet to compute a part of this prompt that this one lacks,
-        of BORROW_MIN tokens or more, makes this one wait for it. Otherwise the sequence holding most of this
-        prompt beyond what this one has, if that is BORROW_MIN tokens or more, lends its cells:
-        llama.cpp writes out the source's state and reads it in here, and the cells past the shared
-        part are dropped. The numbers are the source's, so deterministic mode stays exact.
+        never wait on each other) that has yet to compute a part of this prompt that this one
+        lacks, of BORROW_MIN tokens or more, makes this one wait for it. Otherwise the sequence
+        holding most of this prompt beyond what this one has, if that is BORROW_MIN tokens or more,
+        lends its cells: llama.cpp writes out the source's state and reads it in here, and the
+        cells past the shared part are dropped. The numbers are the source's, so deterministic
+        mode stays exact.
         """
         if not self.can_borrow:
             return False
