@@ -11,13 +11,12 @@ from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from .api import llamacpp, metrics, models, ollama, openai
+from .api import llamacpp, metrics, models, ollama, openai, tools
+from .api.mcp import mcp_endpoint
 from .api.wire import APIError, error
 from .config import Settings
 from .engine.llama import log_backends
-from .inference import Inference
-from .scheduler import Scheduler
-from .store.store import Store
+from .services import Services, build_services
 
 log = logging.getLogger("corral")
 
@@ -137,31 +136,32 @@ def _unexpected(_: Request, exc: Exception) -> Response:
     return error(500, str(exc) or exc.__class__.__name__)
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    settings = settings or Settings.from_env()
-    store = Store(settings.models_dir)
-    scheduler = Scheduler(settings)
-    inference = Inference(settings, store, scheduler)
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Litestar:
+    """The HTTP app over one Services (built here from `settings` when not given): it starts the
+    services with the app and closes them after it."""
+    services = services or build_services(settings)
+    settings = services.settings
+    mcp_route, mcp_lifespan = mcp_endpoint(services)
 
     async def startup(app: Litestar) -> None:
         log_backends()
-        if settings.embed_default_model:
-            from .store.default_model import ensure_default_model
-
-            ensure_default_model(store)
+        await services.start()
 
     async def shutdown(app: Litestar) -> None:
-        await scheduler.close()
+        await services.close()
 
     app = Litestar(
-        route_handlers=[*ollama.ROUTES, *metrics.ROUTES, *models.ROUTES, *openai.ROUTES, *llamacpp.ROUTES],
+        route_handlers=[*ollama.ROUTES, *metrics.ROUTES, *models.ROUTES, *openai.ROUTES, *llamacpp.ROUTES,
+                        *tools.ROUTES, mcp_route],
         middleware=[cors_and_host(settings)],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
         on_startup=[startup],
         on_shutdown=[shutdown],
+        lifespan=[mcp_lifespan],
         openapi_config=None,
         debug=False,
     )
     app.state.settings = settings
-    app.state.inference = inference
+    app.state.services = services
+    app.state.inference = services.inference
     return app

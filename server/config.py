@@ -94,6 +94,11 @@ def _bool(name: str, default: bool = False) -> bool:
     return raw in ("1", "true", "yes", "on")
 
 
+def _path(name: str) -> Path | None:
+    raw = os.environ.get(name, "").strip()
+    return Path(raw).expanduser() if raw else None
+
+
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     return int(raw) if raw else default
@@ -118,6 +123,13 @@ class Settings:
     prefix_cache: bool = True
     deterministic: bool = False  # same text for a seeded request alone or under load (CPU)
     backend_sampling: str = "auto"  # auto: where layers are offloaded to a GPU; "1" / "0" force it
+    data_dir: Path = field(default_factory=lambda: Path.home() / ".corral")  # artifacts, databases, config
+    mcp_config: Path | None = None  # outside MCP servers whose tools are imported; None: data_dir/mcp.json
+    tool_timeout: float = 300.0  # seconds a tool may run unless it sets its own timeout
+
+    @property
+    def mcp_config_path(self) -> Path:
+        return self.mcp_config or self.data_dir / "mcp.json"
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -143,4 +155,7 @@ class Settings:
             prefix_cache=_bool("CORRAL_PREFIX_CACHE", True),
             deterministic=_bool("CORRAL_DETERMINISTIC"),
             backend_sampling=os.environ.get("CORRAL_BACKEND_SAMPLING", "auto").strip().lower() or "auto",
+            data_dir=_path("CORRAL_DATA_DIR") or Path.home() / ".corral",
+            mcp_config=_path("CORRAL_MCP_CONFIG"),
+            tool_timeout=parse_duration(os.environ.get("CORRAL_TOOL_TIMEOUT"), 300.0),
         )

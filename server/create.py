@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from . import modelfile as mfile
-from .api.types import OPTION_TYPES
+from .options import OPTION_TYPES
 from .inference import BadRequest
 from .store import manifest as mf
 from .store.gguf import FILE_TYPES, GGUFError, GGUFInfo, read_info

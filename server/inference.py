@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .config import Settings, parse_duration
-from .engine.embedder import Embedder
+from .errors import BadRequest, EngineError, NotFound
+from .engine.embedder import Embedder, normalize
 from .engine.job import Done, Failed, Job, Piece, TokenLogprob
-from .engine.grammar import TOOL_CALL_STYLES, SchemaError, json_grammar, schema_grammar, tool_call_grammar
+from .grammar import TOOL_CALL_STYLES, SchemaError, json_grammar, schema_grammar, tool_call_grammar
 from .engine.runner import ContextLengthError
-from .engine.toolcalls import detect_format
+from .toolcalls import detect_format
+from .messages import Message, ToolCall, ToolSpec, message_dict, tool_dict
 from .reply import ReplyParser, prompt_opens_thinking
 from .options import OptionError, Options, parse_options
 from .scheduler import Loaded, ModelLoadError, QueueFull, RunnerOptions, Scheduler
@@ -36,20 +38,12 @@ log = logging.getLogger("corral")
 T = TypeVar("T")
 
 __all__ = [
-    "BadRequest", "NotFound", "QueueFull", "ModelLoadError", "Inference", "GenerateParams", "ChatParams",
-    "Delta", "Final", "Answer", "collect", "MAX_EMBED_INPUTS",
+    "BadRequest", "NotFound", "EngineError", "QueueFull", "ModelLoadError", "Inference", "GenerateParams",
+    "ChatParams", "Delta", "Final", "Answer", "Embeddings", "collect", "MAX_EMBED_INPUTS",
 ]
 
 # Inputs one embedding request may bring. Ollama has no limit; OpenAI's /v1/embeddings takes at most 2048.
 MAX_EMBED_INPUTS = 2048
-
-
-class BadRequest(ValueError):
-    """The request cannot be served as asked (400)."""
-
-
-class NotFound(LookupError):
-    """No such model (404)."""
 
 
 @dataclass
@@ -74,9 +68,11 @@ class GenerateParams:
 
 @dataclass
 class ChatParams:
+    """A chat request. Messages and tools may be the typed ones (`Message`, `ToolSpec`) or their dicts."""
+
     model: str
-    messages: list[dict] = field(default_factory=list)
-    tools: list[dict] | None = None
+    messages: list[Message | dict] = field(default_factory=list)
+    tools: list[ToolSpec | dict] | None = None
     format: Any = None
     options: dict[str, Any] | None = None
     keep_alive: Any = None
@@ -94,7 +90,7 @@ class Delta:
 
     content: str = ""
     thinking: str = ""
-    tool_calls: list[dict] | None = None
+    tool_calls: list[ToolCall] | None = None
     logprobs: list[tuple[TokenLogprob, list[TokenLogprob]]] | None = None
 
 
@@ -109,7 +105,7 @@ class Final:
     load_duration: int = 0
     total_duration: int = 0
     context: list[int] | None = None
-    tool_calls: int = 0  # how many tool calls the answer made (finish_reason "tool_calls")
+    tool_call_count: int = 0  # how many tool calls the answer made (finish_reason "tool_calls")
     reasoning_tokens: int = 0  # generated tokens that went to thinking, its tags included
 
 
@@ -119,9 +115,22 @@ class Answer:
 
     content: str
     thinking: str
-    tool_calls: list[dict]
+    tool_calls: list[ToolCall]
     logprobs: list[tuple[TokenLogprob, list[TokenLogprob]]]
     final: Final
+
+    @property
+    def message(self) -> Message:
+        """The answer as the assistant message that goes back into the conversation."""
+        return Message(role="assistant", content=self.content, thinking=self.thinking,
+                       tool_calls=list(self.tool_calls))
+
+
+@dataclass
+class Embeddings:
+    vectors: list[list[float]]
+    prompt_tokens: int
+    load_duration: int  # ns
 
 
 async def collect(items: AsyncIterator[Delta | Final], first: Delta | Final | None = None) -> Answer:
@@ -316,6 +325,7 @@ class Inference:
         return await asyncio.to_thread(self.render_generate, params, model)
 
     async def generate(self, params: GenerateParams) -> AsyncIterator[Delta | Final]:
+        """Stream a completion (see `chat` on closing it; `generate_once` is the one-shot form)."""
         model = self.model(params.model)
         self._validate_generate(params, model)
         prep = self._prepare(model, params.options, params.keep_alive)
@@ -331,6 +341,15 @@ class Inference:
             job = self._job(prep, tokens, params, grammar, stop_tokens)
             async for item in self._run(loaded, job, parser, start, load_ns, keep_context=not params.raw):
                 yield item
+
+    async def generate_once(self, params: GenerateParams) -> Answer:
+        """The whole completion. The generation is closed however this ends (error, cancellation),
+        so an abandoned call never holds a sequence."""
+        return await _once(self.generate(params))
+
+    async def chat_once(self, params: ChatParams) -> Answer:
+        """The whole chat answer (`answer.message` goes back into the conversation); always closed."""
+        return await _once(self.chat(params))
 
     def _generate_prompt(self, loaded: Loaded, params: GenerateParams, model: Model) -> tuple[str, list[int]]:
         """The prompt's text (empty for FIM from the model's own tokens) and its tokens.
@@ -354,6 +373,9 @@ class Inference:
         return list(context or [])
 
     async def chat(self, params: ChatParams) -> AsyncIterator[Delta | Final]:
+        """Stream a chat's answer. Close the iterator (or run it to its end): an iterator left open holds
+        its sequence until it is collected. `chat_once` does both for a caller that wants the whole answer."""
+        params = _plain(params)
         model = self.model(params.model)
         self._validate_chat(params, model)
         prep = self._prepare(model, params.options, params.keep_alive)
@@ -489,6 +511,7 @@ class Inference:
         self._check_images(model, any(m.get("images") for m in params.messages))
 
     async def render_chat_only(self, params: ChatParams) -> str:
+        params = _plain(params)
         model = self.model(params.model)
         self._validate_chat(params, model)
         return await asyncio.to_thread(self.render_chat, params, model)
@@ -554,19 +577,20 @@ class Inference:
                         load_duration=load_ns,
                         total_duration=time.perf_counter_ns() - start,
                         context=(job.tokens + event.output_tokens) if keep_context else None,
-                        tool_calls=calls,
+                        tool_call_count=calls,
                         reasoning_tokens=min(reasoning, event.eval_count),
                     )
                 elif isinstance(event, Failed):
-                    raise RuntimeError(event.message)
+                    raise EngineError(event.message)
         except ContextLengthError as exc:
             raise BadRequest(str(exc)) from exc
 
     # ---- embeddings --------------------------------------------------------------------
 
     async def embed(self, name: str, inputs: list[str], *, truncate: bool = True, options: dict | None = None,
-                    keep_alive: Any = None) -> tuple[list[list[float]], int, int]:
-        """Raw pooled vectors for each input, plus (prompt tokens, load ns).
+                    keep_alive: Any = None, normalized: bool = True, dimensions: int | None = None) -> Embeddings:
+        """One pooled vector per input: L2-normalised unless `normalized=False` (the legacy
+        /api/embeddings), and cut to `dimensions` (then normalised again) where that is shorter.
 
         Tokenizing and each batch run in worker threads, off the event loop. Cancelling the caller
         (its client went away) stops the work after the batch under way. Requests on one model take
@@ -574,6 +598,8 @@ class Inference:
         """
         if len(inputs) > MAX_EMBED_INPUTS:
             raise BadRequest(f"too many inputs: {len(inputs)}; at most {MAX_EMBED_INPUTS} in one request")
+        if dimensions is not None and dimensions < 1:
+            raise BadRequest("dimensions must be greater than zero")
         model = self.model(name)
         prep = self._prepare(model, options, keep_alive)
         start = time.perf_counter_ns()
@@ -586,7 +612,11 @@ class Inference:
             for batch in embedder.batches(token_lists):
                 async with loaded.embed_turn:
                     vectors += await _in_thread(embedder.embed_batch, batch)
-            return vectors, sum(len(t) for t in token_lists), load_ns
+        if normalized:
+            vectors = [normalize(v[:dimensions] if dimensions else v) for v in vectors]
+        elif dimensions:
+            vectors = [v[:dimensions] for v in vectors]
+        return Embeddings(vectors, sum(len(t) for t in token_lists), load_ns)
 
     def _embed_tokens(self, loaded: Loaded, embedder: Embedder, inputs: list[str], truncate: bool,
                       stop: threading.Event) -> list[list[int]]:
@@ -600,6 +630,19 @@ class Inference:
             except ContextLengthError as exc:
                 raise BadRequest(str(exc)) from exc
         return token_lists
+
+
+async def _once(items: AsyncIterator[Delta | Final]) -> Answer:
+    try:
+        return await collect(items)
+    finally:
+        await items.aclose()  # gives the sequence back, also when the caller was cancelled
+
+
+def _plain(params: ChatParams) -> ChatParams:
+    """Typed messages and tools as the dicts templates and grammars read."""
+    return dataclasses.replace(params, messages=[message_dict(m) for m in params.messages],
+                               tools=[tool_dict(t) for t in params.tools] if params.tools else params.tools)
 
 
 async def _in_thread(fn: Callable[..., T], *args: Any, stop: threading.Event | None = None) -> T:

@@ -149,7 +149,7 @@ def _unquote(text: str) -> tuple[str, bool]:
 def parse(text: str) -> Modelfile:
     """Parse Modelfile text. Commands are case-insensitive; `#` starts a comment line; a value runs to
     the end of its line unless quoted, and a quoted value (`"…"` or `\"\"\"…\"\"\"`) may span lines."""
-    from .api.types import OPTION_TYPES
+    from .options import OPTION_TYPES
 
     if text.startswith("\ufeff"):
         text = text[1:]
@@ -265,7 +265,7 @@ def parse_float(value: str) -> float:
 def typed_parameter(name: str, value: str, option_types: dict[str, type] | None = None) -> Any:
     """A PARAMETER's text as the JSON value its option takes (Go's api.FormatParams)."""
     if option_types is None:
-        from .api.types import OPTION_TYPES as option_types
+        from .options import OPTION_TYPES as option_types
     kind = option_types.get(name)
     if kind is None:
         raise ModelfileError(f"unknown parameter '{name}'")

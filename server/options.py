@@ -6,8 +6,33 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api.types import OPTION_TYPES
 from .engine.job import Sampling
+
+
+# Every option Ollama knows, with the JSON type it must have. Unknown keys are ignored
+# (clients still send removed ones); a known key with the wrong type is a 400.
+OPTION_TYPES: dict[str, type] = {
+    "num_keep": int,
+    "seed": int,
+    "num_predict": int,
+    "top_k": int,
+    "top_p": float,
+    "min_p": float,
+    "typical_p": float,
+    "repeat_last_n": int,
+    "temperature": float,
+    "repeat_penalty": float,
+    "presence_penalty": float,
+    "frequency_penalty": float,
+    "stop": list,
+    "num_ctx": int,
+    "num_batch": int,
+    "num_gpu": int,
+    "main_gpu": int,
+    "use_mmap": bool,
+    "num_thread": int,
+    "ignore_eos": bool,  # Corral extension (as llama-server): keep generating past end-of-generation tokens
+}
 
 
 class OptionError(ValueError):

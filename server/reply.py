@@ -2,7 +2,7 @@
 
 Fed the text pieces the engine produces, in order; returns the parts that are certain.
 Thinking is the text inside `<think>…</think>` (the prompt may already have opened the
-tag). Tool calls are recognised by `engine.toolcalls` in the model's own format; text that
+tag). Tool calls are recognised by `toolcalls` in the model's own format; text that
 only looked like a call is returned as content, never dropped.
 """
 
@@ -12,7 +12,8 @@ import secrets
 import string
 from dataclasses import dataclass, field
 
-from .engine.toolcalls import Content, ToolCall, ToolCallParser
+from .messages import ToolCall
+from .toolcalls import Content, ToolCallParser
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -29,7 +30,7 @@ def call_id() -> str:
 class Part:
     content: str = ""
     thinking: str = ""
-    tool_calls: list[dict] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.content or self.thinking or self.tool_calls)
@@ -65,8 +66,7 @@ class ReplyParser:
             if isinstance(event, Content):
                 part.content += event.text
             elif isinstance(event, ToolCall):
-                part.tool_calls.append({"id": call_id(), "name": event.name, "arguments": event.arguments,
-                                        "index": self.calls})
+                part.tool_calls.append(ToolCall(event.name, event.arguments, id=call_id(), index=self.calls))
                 self.calls += 1
         return part
 

@@ -508,7 +508,7 @@ def test_recreating_with_noprune_keeps_the_replaced_layers(tmp_path, model_files
     import asyncio
 
     from server import create as creating
-    from server.registry import collect
+    from server.model_registry import collect
     from server.store.register import register_gguf
     from server.store.store import Store
 

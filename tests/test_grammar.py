@@ -1,4 +1,4 @@
-"""Tests for server.engine.grammar against the real llama.cpp grammar engine.
+"""Tests for server.grammar against the real llama.cpp grammar engine.
 
 A tiny random-weight Llama model with a real tokenizer (Llama 3 BPE, from
 tests/data/ via tests/gguf_factory.py) supplies the vocab that llama.cpp's grammar
@@ -27,14 +27,15 @@ import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-from server.engine.grammar import (  # noqa: E402
+from server.grammar.json_schema import (  # noqa: E402
     SchemaError,
     json_grammar,
     object_schema_grammar,
     schema_grammar,
     tool_call_grammar,
 )
-from server.engine.toolcalls import ToolCall, ToolCallParser  # noqa: E402
+from server.messages import ToolCall
+from server.toolcalls.parser import ToolCallParser  # noqa: E402
 from tests.gguf_factory import write_random_llama  # noqa: E402
 
 L = llama_cpp

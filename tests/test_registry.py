@@ -14,7 +14,7 @@ import httpx
 import ollama
 import pytest
 
-from server.registry import Registry, collect
+from server.model_registry import Registry, collect
 from server.store.names import ModelName
 from server.store.register import register_gguf
 from server.store.store import Store

@@ -1,10 +1,10 @@
-"""Tests for server.engine.toolcalls (pure Python, no model)."""
+"""Tests for server.toolcalls (pure Python, no model)."""
 
 import json
 
 import pytest
 
-from server.engine.toolcalls import (
+from server.toolcalls.parser import (
     Content,
     ToolCall,
     ToolCallParser,
@@ -342,7 +342,7 @@ def test_detect_format():
 
 # -- tags taken from Go templates (Ollama's tools/template.go) ------------------------
 
-from server.engine.toolcalls import tag_format, template_tool_tag  # noqa: E402
+from server.toolcalls.parser import tag_format, template_tool_tag  # noqa: E402
 
 # Ollama library templates, verbatim
 GRANITE3_TEMPLATE = '''{{- if .Tools }}<|start_of_role|>available_tools<|end_of_role|>
@@ -598,7 +598,7 @@ def test_reply_parser_with_template_tags():
         parts = [p.feed(ch) for ch in out] + [p.finish()]
         assert "".join(x.content for x in parts) == ""
         calls = [c for x in parts for c in x.tool_calls]
-        assert [(c["name"], c["arguments"]) for c in calls] == [("get_weather", {"city": "Paris"})]
+        assert [(c.name, c.arguments) for c in calls] == [("get_weather", {"city": "Paris"})]
 
 
 def test_tag_format_strings():

@@ -255,7 +255,7 @@ def test_reply_parser_tool_calls_and_false_starts():
     parts = [p.feed(ch) for ch in text] + [p.finish()]
     assert "".join(x.content for x in parts).strip() == "Let me check."
     calls = [c for x in parts for c in x.tool_calls]
-    assert calls[0]["name"] == "get_weather" and calls[0]["arguments"] == {"city": "Oslo"}
+    assert calls[0].name == "get_weather" and calls[0].arguments == {"city": "Oslo"}
     p = ReplyParser(think=False, tool_format="hermes", tool_names=["get_weather"])
     broken = '<tool_call>{"name": "get_weather", "arguments": {oops}</tool_call> tail'
     parts = [p.feed(broken), p.finish()]

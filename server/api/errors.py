@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 from typing import NoReturn
 
-from ..inference import BadRequest, ModelLoadError, NotFound, QueueFull
+from tools import ToolError, ToolFailed, ToolTimeout
+
+from ..errors import BadRequest, EngineError, NotFound
+from ..scheduler import ModelLoadError, QueueFull
 from ..store.names import InvalidName
 from ..store.store import DigestMismatch, InvalidDigest, ModelNotFound, StoreError
 from .wire import APIError
@@ -22,7 +25,11 @@ def status_for(exc: BaseException) -> tuple[int, str]:
         return 503, str(exc)
     if isinstance(exc, (BadRequest, InvalidName, InvalidDigest, DigestMismatch)):
         return 400, str(exc)
-    if isinstance(exc, ModelLoadError):
+    if isinstance(exc, ToolError):
+        return 422, str(exc)
+    if isinstance(exc, ToolTimeout):
+        return 504, str(exc)
+    if isinstance(exc, (ModelLoadError, EngineError, ToolFailed)):
         return 500, str(exc)
     if isinstance(exc, StoreError):
         return 400, str(exc)

@@ -19,7 +19,7 @@ from litestar.response import Stream
 
 from .. import create as creating
 from ..inference import Inference
-from ..registry import Registry, RegistryError
+from ..model_registry import Registry, RegistryError
 from ..store.store import InvalidDigest, parse_digest
 from . import types as t
 from .errors import status_for

@@ -11,12 +11,14 @@ from litestar.response import Stream
 
 from .. import __version__, modelfile
 from ..config import FOREVER, MAX_DURATION
-from ..inference import ChatParams, Delta, Final, GenerateParams, Inference, collect
+from ..messages import ToolCall
+from ..inference import Answer, ChatParams, Delta, Final, GenerateParams, Inference
 from ..store.gguf import read_info
 from ..store.model import Model
 from . import types as t
 from .errors import raise_for
-from .wire import APIError, decode, first_item, json_response, ndjson, now, rfc3339, until_complete
+from .flow import answer, service_call
+from .wire import APIError, decode, json_response, now, rfc3339, until_complete
 
 
 
@@ -52,14 +54,11 @@ def _logprobs(logprobs: list | None) -> list[t.Logprob] | None:
     ]
 
 
-def _tool_calls(calls: list[dict] | None) -> list[t.ToolCall] | None:
+def _tool_calls(calls: list[ToolCall] | None) -> list[t.ToolCall] | None:
     if not calls:
         return None
-    return [
-        t.ToolCall(id=c.get("id"), function=t.ToolCallFunction(name=c["name"], arguments=c.get("arguments") or {},
-                                                                index=c.get("index")))
-        for c in calls
-    ]
+    return [t.ToolCall(id=c.id, function=t.ToolCallFunction(name=c.name, arguments=c.arguments, index=c.index))
+            for c in calls]
 
 
 def _stats(final: Final) -> dict[str, Any]:
@@ -97,36 +96,29 @@ async def generate(request: Request) -> Response | Stream:
         logprobs=req.logprobs, top_logprobs=req.top_logprobs,
     )
     if req._debug_render_only:
-        try:
-            rendered = await inference.render_generate_only(params)
-        except Exception as exc:
-            raise_for(exc)
+        rendered = await service_call(inference.render_generate_only(params))
         return json_response(t.DebugRenderResponse(model=req.model, created_at=now(),
                                                    _debug_info={"rendered_template": rendered}))
     if not req.prompt and not req.suffix and not req.images:
-        try:
-            final = await inference.load(req.model, req.options, req.keep_alive)
-        except Exception as exc:
-            raise_for(exc)
+        final = await service_call(inference.load(req.model, req.options, req.keep_alive))
         return _load_response(req.model, final, chat=False)
 
-    def wire(item: Delta | Final) -> t.GenerateResponse:
-        if isinstance(item, Final):
+    def item(x: Delta | Final) -> t.GenerateResponse:
+        if isinstance(x, Final):
             return t.GenerateResponse(model=req.model, created_at=now(), response="", done=True,
-                                      context=item.context, **_stats(item))
-        return t.GenerateResponse(model=req.model, created_at=now(), response=item.content, done=False,
-                                  thinking=item.thinking or None, tool_calls=_tool_calls(item.tool_calls),
-                                  logprobs=_logprobs(item.logprobs))
+                                      context=x.context, **_stats(x))
+        return t.GenerateResponse(model=req.model, created_at=now(), response=x.content, done=False,
+                                  thinking=x.thinking or None, tool_calls=_tool_calls(x.tool_calls),
+                                  logprobs=_logprobs(x.logprobs))
 
-    it = inference.generate(params)
-    first = await first_item(request, it, raise_for)
-    if req.stream is not False:
-        return ndjson(wire(first), _mapped(it, wire), lambda exc: t.ErrorResponse(error=str(exc)))
-    answer = await until_complete(request, collect(it, first), it, raise_for)
-    out = wire(answer.final)
-    out.response, out.thinking = answer.content, answer.thinking or None
-    out.tool_calls, out.logprobs = _tool_calls(answer.tool_calls), _logprobs(answer.logprobs)
-    return json_response(out)
+    def whole(a: Answer) -> t.GenerateResponse:
+        out = item(a.final)
+        out.response, out.thinking = a.content, a.thinking or None
+        out.tool_calls, out.logprobs = _tool_calls(a.tool_calls), _logprobs(a.logprobs)
+        return out
+
+    return await answer(request, inference.generate(params), stream=req.stream is not False, item=item,
+                        whole=whole, error_line=_error_line)
 
 
 @post("/api/chat", status_code=200)
@@ -141,47 +133,36 @@ async def chat(request: Request) -> Response | Stream:
         top_logprobs=req.top_logprobs, tool_choice=req.tool_choice,
     )
     if req._debug_render_only:
-        try:
-            rendered = await inference.render_chat_only(params)
-        except Exception as exc:
-            raise_for(exc)
+        rendered = await service_call(inference.render_chat_only(params))
         return json_response(t.DebugRenderResponse(model=req.model, created_at=now(),
                                                    _debug_info={"rendered_template": rendered}))
     if not messages:
-        try:
-            final = await inference.load(req.model, req.options, req.keep_alive)
-        except Exception as exc:
-            raise_for(exc)
+        final = await service_call(inference.load(req.model, req.options, req.keep_alive))
         return _load_response(req.model, final, chat=True)
 
-    def wire(item: Delta | Final) -> t.ChatResponse:
-        if isinstance(item, Final):
-            return t.ChatResponse(model=req.model, created_at=now(), message=t.ResponseMessage(role="assistant", content=""),
-                                  done=True, **_stats(item))
+    def item(x: Delta | Final) -> t.ChatResponse:
+        if isinstance(x, Final):
+            return t.ChatResponse(model=req.model, created_at=now(), done=True,
+                                  message=t.ResponseMessage(role="assistant", content=""), **_stats(x))
         return t.ChatResponse(
-            model=req.model, created_at=now(), done=False, logprobs=_logprobs(item.logprobs),
-            message=t.ResponseMessage(role="assistant", content=item.content, thinking=item.thinking or None,
-                              tool_calls=_tool_calls(item.tool_calls)),
+            model=req.model, created_at=now(), done=False, logprobs=_logprobs(x.logprobs),
+            message=t.ResponseMessage(role="assistant", content=x.content, thinking=x.thinking or None,
+                                      tool_calls=_tool_calls(x.tool_calls)),
         )
 
-    it = inference.chat(params)
-    first = await first_item(request, it, raise_for)
-    if req.stream is not False:
-        return ndjson(wire(first), _mapped(it, wire), lambda exc: t.ErrorResponse(error=str(exc)))
-    answer = await until_complete(request, collect(it, first), it, raise_for)
-    out = wire(answer.final)
-    out.message = t.ResponseMessage(role="assistant", content=answer.content, thinking=answer.thinking or None,
-                                    tool_calls=_tool_calls(answer.tool_calls))
-    out.logprobs = _logprobs(answer.logprobs)
-    return json_response(out)
+    def whole(a: Answer) -> t.ChatResponse:
+        out = item(a.final)
+        out.message = t.ResponseMessage(role="assistant", content=a.content, thinking=a.thinking or None,
+                                        tool_calls=_tool_calls(a.tool_calls))
+        out.logprobs = _logprobs(a.logprobs)
+        return out
+
+    return await answer(request, inference.chat(params), stream=req.stream is not False, item=item,
+                        whole=whole, error_line=_error_line)
 
 
-async def _mapped(it: AsyncIterator[Any], wire: Any) -> AsyncIterator[Any]:
-    try:
-        async for item in it:
-            yield wire(item)
-    finally:
-        await it.aclose()
+def _error_line(exc: Exception) -> t.ErrorResponse:
+    return t.ErrorResponse(error=str(exc))
 
 
 def _message_dict(m: t.Message) -> dict:
@@ -227,23 +208,13 @@ async def embed(request: Request) -> Response:
         except Exception as exc:
             raise_for(exc)
         return json_response(t.EmbedResponse(model=req.model, embeddings=[]))
-    if req.dimensions is not None and req.dimensions < 1:
-        raise APIError(400, "dimensions must be greater than zero")
-    # inference.embed refuses more than MAX_EMBED_INPUTS inputs (400); a client that goes away
-    # cancels the embedding (it stops after the batch under way)
+    # a client that goes away cancels the embedding (it stops after the batch under way)
     work = inference.embed(req.model, inputs, truncate=req.truncate is not False, options=req.options,
-                           keep_alive=req.keep_alive)
-    vectors, n_tokens, load_ns = await until_complete(request, work, None, raise_for)
-    from ..engine.embedder import normalize
-
-    out = []
-    for v in vectors:
-        v = normalize(v)
-        if req.dimensions and req.dimensions < len(v):
-            v = normalize(v[: req.dimensions])
-        out.append(v)
-    return json_response(t.EmbedResponse(model=req.model, embeddings=out, total_duration=time.perf_counter_ns() - start,
-                                         load_duration=load_ns, prompt_eval_count=n_tokens))
+                           keep_alive=req.keep_alive, dimensions=req.dimensions)
+    result = await until_complete(request, work, None, raise_for)
+    return json_response(t.EmbedResponse(model=req.model, embeddings=result.vectors,
+                                         total_duration=time.perf_counter_ns() - start,
+                                         load_duration=result.load_duration, prompt_eval_count=result.prompt_tokens))
 
 
 @post("/api/embeddings", status_code=200)
@@ -256,9 +227,9 @@ async def embeddings(request: Request) -> Response:
         except Exception as exc:
             raise_for(exc)
         return json_response(t.EmbeddingResponse(embedding=[]))
-    work = inference.embed(req.model, [req.prompt], options=req.options, keep_alive=req.keep_alive)
-    vectors, _, _ = await until_complete(request, work, None, raise_for)
-    return json_response(t.EmbeddingResponse(embedding=vectors[0]))
+    work = inference.embed(req.model, [req.prompt], options=req.options, keep_alive=req.keep_alive, normalized=False)
+    result = await until_complete(request, work, None, raise_for)
+    return json_response(t.EmbeddingResponse(embedding=result.vectors[0]))
 
 
 # ---- models --------------------------------------------------------------------------------

@@ -27,8 +27,8 @@ from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException
 from litestar.response import Stream
 
-from ..engine.embedder import normalize
 from ..reply import call_id
+from ..messages import ToolCall
 from ..inference import MAX_EMBED_INPUTS, ChatParams, Delta, Final, GenerateParams, Inference
 from . import openai_types as o
 from .errors import raise_for, status_for
@@ -181,16 +181,13 @@ def _arguments(value: Any, param: str) -> dict[str, Any]:
     return args
 
 
-def _wire_calls(calls: list[dict] | None, start: int) -> list[o.ToolCall]:
+def _wire_calls(calls: list[ToolCall] | None, start: int) -> list[o.ToolCall]:
     """The service's tool calls → OpenAI's, arguments as a JSON string, indexed from `start`."""
-    out = []
-    for k, call in enumerate(calls or []):
-        fn = call.get("function") or call  # {"name", "arguments"} flat, or nested as in messages
-        args = fn.get("arguments")
-        text = args if isinstance(args, str) else json.dumps(args or {}, ensure_ascii=False, separators=(",", ":"))
-        out.append(o.ToolCall(id=call.get("id") or call_id(), index=start + k,
-                              function=o.FunctionCall(name=fn.get("name") or "", arguments=text)))
-    return out
+    return [o.ToolCall(id=call.id or call_id(), index=start + k,
+                       function=o.FunctionCall(name=call.name, arguments=json.dumps(call.arguments,
+                                                                                     ensure_ascii=False,
+                                                                                     separators=(",", ":"))))
+            for k, call in enumerate(calls or [])]
 
 
 def _finish_reason(final: Final, tool_calls: bool) -> str:
@@ -594,13 +591,11 @@ async def embeddings(request: Request) -> Response:
         vectors, n_tokens = [], 0
     else:  # a client that goes away cancels the embedding (it stops after the batch under way)
         work = inference.embed(req.model, inputs, truncate=req.truncate is not False, options=req.options,
-                               keep_alive=req.keep_alive)
-        vectors, n_tokens, _ = await until_complete(request, work, None, raise_for)
+                               keep_alive=req.keep_alive, dimensions=req.dimensions)
+        result = await until_complete(request, work, None, raise_for)
+        vectors, n_tokens = result.vectors, result.prompt_tokens
     data = []
     for i, v in enumerate(vectors):
-        v = normalize(v)  # as /api/embed: unit length, and again after cutting to `dimensions`
-        if req.dimensions and req.dimensions < len(v):
-            v = normalize(v[: req.dimensions])
         value: list[float] | str = v
         if fmt == "base64":
             value = base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode("ascii")

@@ -312,29 +312,61 @@ class ProgressResponse(msgspec.Struct, omit_defaults=True):
     completed: int | None = None
 
 
-# ---- options -----------------------------------------------------------------------------
+# ---- tools (Corral) ----------------------------------------------------------------------
 
-# Every option Ollama knows, with the JSON type it must have. Unknown keys are ignored
-# (clients still send removed ones); a known key with the wrong type is a 400.
-OPTION_TYPES: dict[str, type] = {
-    "num_keep": int,
-    "seed": int,
-    "num_predict": int,
-    "top_k": int,
-    "top_p": float,
-    "min_p": float,
-    "typical_p": float,
-    "repeat_last_n": int,
-    "temperature": float,
-    "repeat_penalty": float,
-    "presence_penalty": float,
-    "frequency_penalty": float,
-    "stop": list,
-    "num_ctx": int,
-    "num_batch": int,
-    "num_gpu": int,
-    "main_gpu": int,
-    "use_mmap": bool,
-    "num_thread": int,
-    "ignore_eos": bool,  # Corral extension (as llama-server): keep generating past end-of-generation tokens
-}
+
+class ToolFunction(msgspec.Struct):
+    name: str
+    description: str
+    parameters: dict[str, Any]  # the JSON Schema of the arguments
+
+
+class ToolInfo(msgspec.Struct):
+    """A tool in OpenAI's function shape (what chat requests' `tools` take), with Corral's facts beside it."""
+
+    type: str  # always "function"
+    function: ToolFunction
+    side_effects: bool  # agents ask for approval before calling a tool that has them
+    timeout: float  # seconds the tool may run before it is cancelled
+    source: str  # builtin, "entry point NAME (module:attr)", or "mcp:SERVER"
+
+
+class ToolListResponse(msgspec.Struct):
+    tools: list[ToolInfo]
+
+
+class ToolCallRequest(msgspec.Struct):
+    arguments: dict[str, Any] | None = None  # validated against the tool's schema
+    stream: bool | None = None  # true: progress lines first, then the result line (NDJSON)
+
+
+class ToolProgressResponse(msgspec.Struct, omit_defaults=True):
+    status: str  # what the tool is doing
+    completed: float | None = None
+    total: float | None = None
+
+
+class CitationInfo(msgspec.Struct):
+    source: str
+    location: str
+    score: float | None
+    quote: str
+
+
+class ArtifactInfo(msgspec.Struct):
+    digest: str  # sha256:<hex>
+    media_type: str
+    size: int
+    name: str
+    url: str  # GET it: /api/artifacts/<digest>
+
+
+class ToolResultResponse(msgspec.Struct, omit_defaults=True):
+    """A tool's result; also the last line of a streamed call."""
+
+    status: str  # "success"
+    tool: str
+    content: str  # the result as text ("" when the tool gave only JSON or files)
+    json: Any = msgspec.UNSET  # the tool's JSON value, if it gave one
+    citations: list[CitationInfo] | None = None
+    artifacts: list[ArtifactInfo] | None = None

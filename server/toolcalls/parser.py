@@ -49,11 +49,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Collection, Iterable, Union
 
+from ..messages import ToolCall
 from ..template import gotemplate as _gt
 
 __all__ = [
     "Content",
-    "ToolCall",
     "Event",
     "ToolCallParser",
     "detect_format",
@@ -72,12 +72,6 @@ _TAG_SEP = "\x00"
 @dataclass(frozen=True)
 class Content:
     text: str
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    name: str
-    arguments: dict = field(default_factory=dict)
 
 
 Event = Union[Content, ToolCall]
