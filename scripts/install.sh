@@ -27,6 +27,13 @@ esac
 # batch size, so a seeded request gives the same text alone and under load.
 llama_version=0.3.36
 cmake_args="${CMAKE_ARGS:--DGGML_NATIVE=ON} -DGGML_LLAMAFILE=OFF"
+# A native build on a CPU with AMX compiles ggml's AMX kernels, and on the development and CI machines
+# (Sapphire Rapids under a VM) their first `tilezero` dies with SIGILL in llama_decode. Keep them out:
+# -march=native's AMX flags are overridden by these explicit ones (GGML_AMX_* only act without NATIVE).
+native_flags=$(${CC:-cc} -march=native -Q --help=target 2>/dev/null || true)
+if [ "$(uname -m)" = x86_64 ] && [ -z "${CMAKE_ARGS:-}" ] && grep -q -- '-mamx-tile .*\[enabled\]' <<<"$native_flags"; then
+  cmake_args="$cmake_args -DCMAKE_C_FLAGS=-mno-amx-tile\ -mno-amx-int8\ -mno-amx-bf16 -DCMAKE_CXX_FLAGS=-mno-amx-tile\ -mno-amx-int8\ -mno-amx-bf16"
+fi
 key=$(printf '%s' "$llama_version $cmake_args" | sha256sum | cut -c1-16)
 wheels="${CORRAL_WHEEL_CACHE:-$HOME/.cache/corral/wheels}/$key"
 if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then

@@ -122,3 +122,30 @@ def fresh_store(tmp_path, model_files) -> Path:
 def copy_store(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def plugin_path(tmp_path_factory) -> Path:
+    """tests/data/corral_test_tools installed by pip (into a folder of its own, put on PYTHONPATH), so that
+    its `corral.tools` entry point is found as an installed package's is."""
+    target = tmp_path_factory.mktemp("plugin")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                    str(ROOT / "tests" / "data" / "corral_test_tools")], check=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tool_server(store_dir, plugin_path, tmp_path_factory) -> Server:
+    """A server with the test package's tools, its own data directory, and a folder where tools mark
+    that they saw their cancellation (`markers`)."""
+    d = tmp_path_factory.mktemp("toolserver")
+    (d / "markers").mkdir()
+    server = start_server(store_dir, {
+        "PYTHONPATH": os.pathsep.join([str(plugin_path), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "CORRAL_DATA_DIR": str(d / "data"),
+        "CORRAL_TEST_MARKERS": str(d / "markers"),
+    }, log_dir=d)
+    server.markers = d / "markers"
+    server.data = d / "data"
+    yield server
+    server.stop()

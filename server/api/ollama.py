@@ -203,10 +203,7 @@ async def embed(request: Request) -> Response:
         raise APIError(400, "invalid input type")
     start = time.perf_counter_ns()
     if not inputs:
-        try:
-            await inference.load(req.model, req.options, req.keep_alive)
-        except Exception as exc:
-            raise_for(exc)
+        await service_call(inference.load(req.model, req.options, req.keep_alive))
         return json_response(t.EmbedResponse(model=req.model, embeddings=[]))
     # a client that goes away cancels the embedding (it stops after the batch under way)
     work = inference.embed(req.model, inputs, truncate=req.truncate is not False, options=req.options,
@@ -222,10 +219,7 @@ async def embeddings(request: Request) -> Response:
     req = await decode(request, t.EmbeddingRequest)
     inference = services(request)
     if not req.prompt:
-        try:
-            await inference.load(req.model, req.options, req.keep_alive)
-        except Exception as exc:
-            raise_for(exc)
+        await service_call(inference.load(req.model, req.options, req.keep_alive))
         return json_response(t.EmbeddingResponse(embedding=[]))
     work = inference.embed(req.model, [req.prompt], options=req.options, keep_alive=req.keep_alive, normalized=False)
     result = await until_complete(request, work, None, raise_for)

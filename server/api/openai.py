@@ -32,6 +32,7 @@ from ..messages import ToolCall
 from ..inference import MAX_EMBED_INPUTS, ChatParams, Delta, Final, GenerateParams, Inference
 from . import openai_types as o
 from .errors import raise_for, status_for
+from .flow import service_call
 from .wire import APIError, decode, encode, first_item, json_response, until_complete
 
 FINGERPRINT = "fp_ollama"
@@ -366,10 +367,7 @@ async def chat_completions(request: Request) -> Response | Stream:
     params = _chat_params(req)
     cid, created = _new_id("chatcmpl-"), int(time.time())
     if req._debug_render_only:
-        try:
-            rendered = await inference.render_chat_only(params)
-        except Exception as exc:
-            raise_for(exc)
+        rendered = await service_call(inference.render_chat_only(params))
         return json_response(o.ChatCompletion(id=cid, object="chat.completion", created=created, model=req.model,
                                               system_fingerprint=FINGERPRINT, choices=[],
                                               _debug_info={"rendered_template": rendered}))
@@ -505,10 +503,7 @@ async def completions(request: Request) -> Response | Stream:
                             **extra)
 
     if req._debug_render_only:
-        try:
-            rendered = await inference.render_generate_only(params)
-        except Exception as exc:
-            raise_for(exc)
+        rendered = await service_call(inference.render_generate_only(params))
         return json_response(completion("", None, _debug_info={"rendered_template": rendered}))
 
     it = inference.generate(params)
@@ -584,10 +579,7 @@ async def embeddings(request: Request) -> Response:
     if len(inputs) > MAX_EMBED_INPUTS:
         raise bad(f"too many inputs: {len(inputs)}; at most {MAX_EMBED_INPUTS} in one request", "input")
     if not inputs:
-        try:
-            await inference.load(req.model, req.options, req.keep_alive)
-        except Exception as exc:
-            raise_for(exc)
+        await service_call(inference.load(req.model, req.options, req.keep_alive))
         vectors, n_tokens = [], 0
     else:  # a client that goes away cancels the embedding (it stops after the batch under way)
         work = inference.embed(req.model, inputs, truncate=req.truncate is not False, options=req.options,
