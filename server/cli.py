@@ -7,6 +7,8 @@ import logging
 import os
 import socket
 import sys
+import threading
+from pathlib import Path
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -22,16 +24,37 @@ def serve(args: argparse.Namespace) -> None:
         # one worker: the engine lives in this process; settings come from the environment
         from granian.server import Server
 
+        remove_store_leftovers(settings.models_dir)
         Server("server.app:create_app", address=settings.host, port=settings.port, interface="asgi",
                factory=True, log_level="warning").serve()
         return
     import uvicorn
 
     sock = listen(settings.host, settings.port)  # first: a second server stops here, having done nothing
+    remove_store_leftovers(settings.models_dir)
     # on SIGTERM, requests still running get 5 s (Ollama stops at once; `docker stop` kills after 10 s)
     config = uvicorn.Config(create_app(settings), log_level="warning", access_log=False, http="httptools",
                             loop="uvloop", timeout_keep_alive=30, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def remove_store_leftovers(models_dir: Path) -> threading.Timer:
+    """Remove the temporary files a killed server left in the store (blobs/.upload-*, .tmp-*,
+    .quantize-*, .assemble-*, manifests/…/.tmp-*), before the app starts.
+
+    Which of them does no live request own? Another server may share this store, and its writes
+    (an upload from a slow client, a quantize) go to such files too; nothing marks a file as owned,
+    so the rule is `Store.clean_temp`'s: a file goes when nothing in it changed for TEMP_MAX_AGE
+    (10 minutes), which a writer making progress never lets happen (an upload stalled that long
+    fails, and its client sends it again). A restart right after a crash finds its own leftovers
+    too fresh for that: one more pass, TEMP_MAX_AGE after start, removes them."""
+    from .store.store import TEMP_MAX_AGE, Store
+
+    store = Store(models_dir)  # opening a store removes its stale temporary files
+    later = threading.Timer(TEMP_MAX_AGE + 1, store.remove_leftovers)
+    later.daemon = True  # never holds up the process's exit
+    later.start()
+    return later
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -61,10 +84,11 @@ def server_url() -> str:
 
 
 def create(args: argparse.Namespace) -> None:
-    """`ollama create NAME -f Modelfile`: parse locally, upload local files as blobs, POST /api/create."""
+    """`ollama create NAME -f Modelfile`: parse locally, upload local files as blobs, POST /api/create
+    with their digests. The server is never asked to read a path: it refuses to unless its operator
+    allows the directory (CORRAL_ALLOW_LOCAL_PATHS), and the file may not even be on its machine."""
     import hashlib
     import json
-    from pathlib import Path
 
     import httpx
 
@@ -84,11 +108,23 @@ def create(args: argparse.Namespace) -> None:
     for warning in parsed.warnings:
         print(f"warning: {warning}")
 
-    def local_file(ref: str) -> Path | None:
+    def local_files(ref: str) -> list[Path] | None:
+        """The files a FROM/ADAPTER names on this machine (relative to the Modelfile): a file, or a
+        directory's GGUF files (a model and its projector). None: not a local path (a model name,
+        `@sha256:…`), as Ollama's CLI decides: by whether something exists there."""
         candidate = Path(ref).expanduser()
         if not candidate.is_absolute():
             candidate = path.parent / candidate
-        return candidate.resolve() if candidate.is_file() else None
+        if candidate.is_file():
+            return [candidate.resolve()]
+        if candidate.is_dir():
+            found = sorted(p.resolve() for p in candidate.glob("*.gguf") if p.is_file())
+            if not found:
+                fail(f"{ref}: no GGUF file in this directory (only GGUF models can be imported, not safetensors)")
+            return found
+        if ref.startswith(("/", "~", "./", "../")) or ref in (".", ".."):
+            fail(f"{ref}: no such file")  # meant as a path: a model name never looks like this
+        return None
 
     client = httpx.Client(base_url=server_url(), timeout=httpx.Timeout(30.0, read=None))
     try:
@@ -97,15 +133,17 @@ def create(args: argparse.Namespace) -> None:
         fail(f"could not connect to the server: {exc}")
 
     def upload(file: Path) -> str:
+        """The file as a blob on the server (sent only when the server lacks it) → its digest."""
         h = hashlib.sha256()
         with open(file, "rb") as f:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
         digest = "sha256:" + h.hexdigest()
-        with open(file, "rb") as f:
-            resp = client.post(f"/api/blobs/{digest}", content=f)
-        if resp.status_code >= 400:
-            fail(_error_text(resp))
+        if client.head(f"/api/blobs/{digest}").status_code != 200:
+            with open(file, "rb") as f:
+                resp = client.post(f"/api/blobs/{digest}", content=f)
+            if resp.status_code >= 400:
+                fail(_error_text(resp))
         print(f"copying file {digest} 100%")
         return digest
 
@@ -114,16 +152,17 @@ def create(args: argparse.Namespace) -> None:
     adapters: dict[str, str] = {}
     print("gathering model components")
     for ref in parsed.froms:
-        file = local_file(ref)
-        if file is None:
+        found = local_files(ref)
+        if found is None:
             request["from"] = ref
-        else:
+        for file in found or []:
             files[file.name] = upload(file)
     for ref in parsed.adapters:
-        file = local_file(ref)
-        if file is None:
+        found = local_files(ref)
+        if found is None:
             fail(f"adapter file not found: {ref}")
-        adapters[file.name] = upload(file)
+        for file in found:
+            adapters[file.name] = upload(file)
     if files:
         request["files"] = files
     if adapters:

@@ -8,8 +8,9 @@ Two request forms, as Ollama accepts them:
   model, an `@sha256:<hex>` blob, or a path on the server's disk.
 
 `from` may name a stored model (its layers are inherited; the request's template/system/messages/
-license replace the inherited ones and its parameters are merged over them), an `@sha256:…` blob or
-an absolute path to a GGUF file on the server.
+license replace the inherited ones and its parameters are merged over them) or an `@sha256:…` blob.
+Paths on the server's disk (`path`, a `from`/FROM/ADAPTER path) are refused unless the operator
+allows their directory (CORRAL_ALLOW_LOCAL_PATHS, see `local_paths`): clients upload files instead.
 
 Everything that can be wrong with a request is checked before the first progress object, so it
 fails with a proper status (400/404) and writes nothing; the manifest is written last, only when
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import local_paths
 from . import modelfile as mfile
 from .options import OPTION_TYPES
 from .inference import BadRequest
@@ -58,7 +60,7 @@ class CreateSpec:
     """What a create request asks for, in either of Ollama's forms (fields, or a legacy Modelfile)."""
 
     name: str
-    from_: str = ""  # a model name, `@sha256:…` or a path on the server
+    from_: str = ""  # a model name, `@sha256:…` or a path on the server (where allowed)
     files: dict[str, str] = field(default_factory=dict)  # {relative path: "sha256:…"} of uploaded blobs
     adapters: dict[str, str] = field(default_factory=dict)
     template: str = ""
@@ -69,7 +71,7 @@ class CreateSpec:
     quantize: str = ""  # q4_K_M | q8_0
     requires: str = ""  # the Ollama version the model needs
     modelfile: str = ""  # legacy: the Modelfile text
-    path: str = ""  # legacy: a Modelfile on the server's disk
+    path: str = ""  # legacy: a Modelfile on the server's disk (where allowed)
 
 
 @dataclass
@@ -248,21 +250,24 @@ async def plan(store: Store, req: CreateSpec) -> Plan:
         p.requires = req.requires.removeprefix("v")
 
     if req.modelfile or (req.path and not files and not from_):
-        # legacy: a Modelfile, given as text or as a path on the server
+        # legacy: a Modelfile, given as text or as a path on the server; relative FROM/ADAPTER paths
+        # are taken from the Modelfile's directory, when that may be read
         text = req.modelfile
         if not text:
-            path = Path(req.path).expanduser()
             try:
-                text = path.read_text()
-            except OSError as exc:
-                raise CreateError(f"error reading modelfile: {exc}") from None
-            base_dir = path.parent
+                text, real = local_paths.read_modelfile(req.path)
+            except local_paths.LocalPathError as exc:
+                raise CreateError(str(exc)) from None
+            base_dir = real.parent
         elif req.path:
-            base_dir = Path(req.path).expanduser().parent
+            # old CLIs sent the Modelfile's path beside its (blob-rewritten) text: not an error
+            with contextlib.suppress(local_paths.LocalPathError):
+                base_dir = local_paths.resolve(req.path, is_path=True).parent
         try:
             parsed = mfile.parse(text)
         except mfile.ModelfileError as exc:
-            raise CreateError(str(exc)) from None
+            # the client's own text may be quoted back; a file from the server's disk may not
+            raise CreateError(str(exc) if req.modelfile else local_paths.not_a_modelfile(req.path)) from None
         from_ = parsed.from_
         for i, adapter in enumerate(parsed.adapters):
             adapters[f"adapter{i or ''}.gguf"] = adapter  # resolved below, like `from`
@@ -289,14 +294,14 @@ async def plan(store: Store, req: CreateSpec) -> Plan:
             raise CreateError(f"invalid message role: {m['role']!r}")
 
     # adapters: blob digests (current form) or `@sha256:…`/paths (legacy Modelfile)
-    located_adapters: dict[str, str | Path] = {}
+    located_adapters: dict[str, tuple[str | Path, str]] = {}
     for relpath, ref in adapters.items():
         where = _locate(store, ref, base_dir)
         if where is None:
             if not ref.startswith("sha256"):
                 raise CreateError(f"adapter not found: {ref}")
             where = _blob_digest(store, relpath, ref)
-        located_adapters[relpath] = where
+        located_adapters[relpath] = (where, ref)
 
     located_from: str | Path | None = None
     if from_:
@@ -310,7 +315,7 @@ async def plan(store: Store, req: CreateSpec) -> Plan:
     if located_from is not None:
         key = "model.gguf" if from_.startswith("@") else Path(from_).name
         files = {key: await _import(store, located_from, from_)}
-    resolved_adapters = {rel: await _import(store, where, rel) for rel, where in located_adapters.items()}
+    resolved_adapters = {rel: await _import(store, where, ref) for rel, (where, ref) in located_adapters.items()}
 
     for relpath in sorted(files):
         digest = _blob_digest(store, relpath, files[relpath])
@@ -337,8 +342,8 @@ async def plan(store: Store, req: CreateSpec) -> Plan:
 
 
 def _locate(store: Store, ref: str, base_dir: Path | None) -> str | Path | None:
-    """`@sha256:<hex>` → that blob's digest; a path to an existing file on the server → the path.
-    None: `ref` is neither (a model name, or a plain digest)."""
+    """`@sha256:<hex>` → that blob's digest; a path on the server, in an allowed directory → its
+    real path (a path elsewhere: 400). None: `ref` is neither (a model name, or a plain digest)."""
     if ref.startswith("@"):
         try:
             digest = parse_digest(ref[1:])
@@ -347,21 +352,21 @@ def _locate(store: Store, ref: str, base_dir: Path | None) -> str | Path | None:
         if not store.has_blob(digest):
             raise CreateError(f"blob not found: {digest}")
         return digest
-    path = Path(ref).expanduser()
-    if not path.is_absolute():
-        # relative paths only mean something next to a Modelfile read from the server's disk
-        if base_dir is None or not (base_dir / path).is_file():
-            return None
-        return base_dir / path
-    if not path.is_file():
-        raise CreateError(f"file does not exist: {ref}")
-    return path
+    try:
+        return local_paths.resolve(ref, base_dir)
+    except local_paths.LocalPathError as exc:
+        raise CreateError(str(exc)) from None
 
 
 async def _import(store: Store, where: str | Path, source: str) -> str:
-    """A located file (checked to be a whole GGUF first) → its blob digest."""
+    """A located file (checked to be a whole GGUF first) → its blob digest. A file that cannot be
+    read gets one message, whether it is missing or forbidden."""
     if isinstance(where, str):
         return where
+    try:
+        local_paths.check_readable(where, source)
+    except local_paths.LocalPathError as exc:
+        raise CreateError(str(exc)) from None
     await asyncio.to_thread(inspect_gguf, where, source)
     layer = await asyncio.to_thread(store.import_file, where)
     return layer.digest

@@ -243,11 +243,12 @@ def test_create_legacy_modelfile_form(http, tiny_digest, model_files):
                                           "options": {"num_predict": 2}})
     assert r.status_code == 200 and r.json()["done"] is True
 
-    # an absolute path on the server's disk
+    # an absolute path on the server's disk: refused unless CORRAL_ALLOW_LOCAL_PATHS allows its
+    # directory (tests/test_hardening.py)
     r = http.post("/api/create", json={"model": "legacy-path", "modelfile": f"FROM {model_files['tiny']}\n",
                                        "stream": False})
-    assert r.status_code == 200, r.text
-    assert "legacy-path:latest" in names(http)
+    assert r.status_code == 400 and "local paths are not accepted" in r.json()["error"], r.text
+    assert "legacy-path:latest" not in names(http)
 
 
 # ---- validation ----------------------------------------------------------------------------
@@ -282,7 +283,7 @@ def test_create_validation(http, server, tiny_digest):
     status, message = err({"model": "v", "from": "tiny", "requires": "soon"})
     assert status == 400 and "semver" in message
     status, message = err({"model": "v", "from": "/no/such/file.gguf"})
-    assert status == 400 and "does not exist" in message
+    assert status == 400 and "local paths are not accepted" in message
     assert "v:latest" not in names(http)
     assert not (server.models / "manifests" / "x").exists()
 

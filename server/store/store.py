@@ -108,13 +108,7 @@ class Store:
         self._lock = threading.RLock()
         self._pins: Counter[str] = Counter()
         if clean_temp:
-            try:
-                removed = self.clean_temp()
-            except OSError as exc:
-                log.warning("could not clean temporary files in %s: %s", self.root, exc)
-            else:
-                if removed:
-                    log.info("removed %d stale temporary file(s) from %s", len(removed), self.root)
+            self.remove_leftovers()
 
     @staticmethod
     def noprune() -> bool:
@@ -402,6 +396,17 @@ class Store:
                 continue
             removed.append(path)
         return removed
+
+    def remove_leftovers(self) -> None:
+        """`clean_temp`, logged: what it removed is an info line, a failure a warning (never an error:
+        a store whose leftovers cannot go is still served)."""
+        try:
+            removed = self.clean_temp()
+        except OSError as exc:
+            log.warning("could not clean temporary files in %s: %s", self.root, exc)
+            return
+        if removed:
+            log.info("removed %d stale temporary file(s) from %s", len(removed), self.root)
 
     def iter_blob(self, digest: str, start: int = 0) -> Iterator[bytes]:
         with open(self.blob_path(digest), "rb") as f:
