@@ -23,7 +23,6 @@ import binascii
 import contextlib
 import json
 import logging
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -107,15 +106,22 @@ class McpServer:
             return stdio_client(params)
         return _http_transport(self.entry["url"], self.entry.get("headers") or {})
 
-    async def call(self, tool: str, args: dict, ctx: ToolContext, timeout: float | None) -> ToolResult:
+    async def call(self, tool: str, args: dict, ctx: ToolContext) -> ToolResult:
         if self.session is None:
             raise ToolError(f"MCP server {self.name!r} is not connected")
 
         async def progress(done: float, total: float | None, message: str | None) -> None:
             ctx.progress(done, total, message or "")
 
-        result = await self.session.call_tool(tool, args, progress_callback=progress,
-                                              read_timeout_seconds=timedelta(seconds=timeout) if timeout else None)
+        # no read timeout of the SDK's own: the registry's (the entry's `timeout`) cancels this call, and a
+        # cancelled call is cancelled at the server too
+        session = self.session
+        request_id = session._request_id  # the id call_tool is about to take (the SDK has no public accessor)
+        try:
+            result = await session.call_tool(tool, args, progress_callback=progress)
+        except asyncio.CancelledError:
+            await _cancel_remote(session, request_id)
+            raise
         return _result(result, ctx, self.name)
 
     async def close(self) -> None:
@@ -123,6 +129,19 @@ class McpServer:
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, 10)
+
+
+async def _cancel_remote(session: Any, request_id: int) -> None:
+    """Tell the server that a call was given up (its caller left, or it ran past its timeout), so that it
+    stops the work instead of finishing it for nobody: the protocol's notifications/cancelled. A stateless
+    HTTP server (Corral's own /mcp) cannot match it to the call and lets it run to its own timeout."""
+    from mcp import types
+
+    cancelled = types.CancelledNotification(params=types.CancelledNotificationParams(
+        requestId=request_id, reason="the caller gave up"))
+    with contextlib.suppress(Exception):  # the connection may be gone already
+        async with asyncio.timeout(5):
+            await session.send_notification(types.ClientNotification(cancelled))
 
 
 @contextlib.asynccontextmanager
@@ -188,7 +207,7 @@ class McpImports:
         remote = info.name
 
         async def handler(args: dict, ctx: ToolContext) -> ToolResult:
-            return await server.call(remote, args, ctx, timeout)
+            return await server.call(remote, args, ctx)
 
         annotations = info.annotations
         read_only = bool(annotations and annotations.readOnlyHint)
