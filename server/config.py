@@ -126,6 +126,7 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path.home() / ".corral")  # artifacts, databases, config
     mcp_config: Path | None = None  # outside MCP servers whose tools are imported; None: data_dir/mcp.json
     tool_timeout: float = 300.0  # seconds a tool may run unless it sets its own timeout
+    database_url: str = ""  # PostgreSQL (postgresql://…) for agent threads and other state; "": SQLite in data_dir
 
     @property
     def mcp_config_path(self) -> Path:
@@ -158,4 +159,5 @@ class Settings:
             data_dir=_path("CORRAL_DATA_DIR") or Path.home() / ".corral",
             mcp_config=_path("CORRAL_MCP_CONFIG"),
             tool_timeout=parse_duration(os.environ.get("CORRAL_TOOL_TIMEOUT"), 300.0),
+            database_url=os.environ.get("CORRAL_DATABASE_URL", "").strip(),
         )
