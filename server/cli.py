@@ -30,11 +30,15 @@ def serve(args: argparse.Namespace) -> None:
         return
     import uvicorn
 
+    from .http_limits import body_timeout, header_timeout_protocol
+
     sock = listen(settings.host, settings.port)  # first: a second server stops here, having done nothing
     remove_store_leftovers(settings.models_dir)
     # on SIGTERM, requests still running get 5 s (Ollama stops at once; `docker stop` kills after 10 s)
-    config = uvicorn.Config(create_app(settings), log_level="warning", access_log=False, http="httptools",
-                            loop="uvloop", timeout_keep_alive=30, timeout_graceful_shutdown=5)
+    app = body_timeout(create_app(settings), settings.body_timeout)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, http=header_timeout_protocol(settings.header_timeout),
+                            loop="uvloop", timeout_keep_alive=max(1, round(settings.keepalive_timeout)),
+                            limit_concurrency=settings.max_connections, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -126,6 +126,10 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path.home() / ".corral")  # artifacts, databases, config
     mcp_config: Path | None = None  # outside MCP servers whose tools are imported; None: data_dir/mcp.json
     tool_timeout: float = 300.0  # seconds a tool may run unless it sets its own timeout
+    header_timeout: float = 10.0  # seconds for a request's headers to arrive, else the connection closes
+    body_timeout: float = 60.0  # seconds between two pieces of a request body, else a 408
+    keepalive_timeout: float = 30.0  # seconds an idle keep-alive connection stays open
+    max_connections: int = 2048  # connections and requests served at once; beyond, a 503
     database_url: str = ""  # PostgreSQL (postgresql://…) for agent threads and other state; "": SQLite in data_dir
 
     @property
@@ -160,4 +164,8 @@ class Settings:
             mcp_config=_path("CORRAL_MCP_CONFIG"),
             tool_timeout=parse_duration(os.environ.get("CORRAL_TOOL_TIMEOUT"), 300.0),
             database_url=os.environ.get("CORRAL_DATABASE_URL", "").strip(),
+            header_timeout=parse_duration(os.environ.get("CORRAL_HEADER_TIMEOUT"), 10.0),
+            body_timeout=parse_duration(os.environ.get("CORRAL_BODY_TIMEOUT"), 60.0),
+            keepalive_timeout=parse_duration(os.environ.get("CORRAL_KEEPALIVE_TIMEOUT"), 30.0),
+            max_connections=max(1, _int("CORRAL_MAX_CONNECTIONS", 2048)),
         )
