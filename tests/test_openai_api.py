@@ -6,6 +6,8 @@ raw httpx tests pin the wire details a client library would hide (SSE framing, e
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import base64
 import json
@@ -27,6 +29,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from server.api import openai as oai
 from server.api import openai_types as ot
 from server.inference import Delta, Final
+from server.messages import ToolCall
 
 HI = [{"role": "user", "content": "hi"}]
 EVENT_TYPES = {cls.model_fields["type"].annotation.__args__[0]: cls
@@ -506,13 +509,13 @@ def _run_stream(gen) -> list[bytes]:
     return asyncio.run(collect())
 
 
-CALL = {"id": "call_abcd1234", "name": "get_weather", "arguments": {"city": "Tokyo"}, "index": 0}
+CALL = ToolCall("get_weather", {"city": "Tokyo"}, id="call_abcd1234", index=0)
 FINAL = Final(done_reason="stop", prompt_tokens=7, prompt_eval_count=3, eval_count=5)
 
 
 def test_chat_stream_tool_calls_and_reasoning_offline():
     items = [Delta(thinking="let me see"), Delta(content="Checking."), Delta(tool_calls=[CALL]),
-             Delta(tool_calls=[{**CALL, "id": None, "arguments": {}}]), FINAL]
+             Delta(tool_calls=[dataclasses.replace(CALL, id=None, arguments={})]), FINAL]
     frames = _run_stream(oai._chat_stream(items[0], _items(items[1:]), "chatcmpl-1", 1, "m", True))
     assert frames[-1] == b"data: [DONE]\n\n"
     chunks = [json.loads(f.removeprefix(b"data: ")) for f in frames[:-1]]
