@@ -125,6 +125,7 @@ class Settings:
     backend_sampling: str = "auto"  # auto: where layers are offloaded to a GPU; "1" / "0" force it
     data_dir: Path = field(default_factory=lambda: Path.home() / ".corral")  # artifacts, databases, config
     mcp_config: Path | None = None  # outside MCP servers whose tools are imported; None: data_dir/mcp.json
+    graphs_config: Path | None = None  # users' LangGraph graphs (langgraph.json-style); None: data_dir/langgraph.json
     tool_timeout: float = 300.0  # seconds a tool may run unless it sets its own timeout
     header_timeout: float = 10.0  # seconds for a request's headers to arrive, else the connection closes
     body_timeout: float = 60.0  # seconds between two pieces of a request body, else a 408
@@ -135,6 +136,10 @@ class Settings:
     @property
     def mcp_config_path(self) -> Path:
         return self.mcp_config or self.data_dir / "mcp.json"
+
+    @property
+    def graphs_config_path(self) -> Path:
+        return self.graphs_config or self.data_dir / "langgraph.json"
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -162,6 +167,7 @@ class Settings:
             backend_sampling=os.environ.get("CORRAL_BACKEND_SAMPLING", "auto").strip().lower() or "auto",
             data_dir=_path("CORRAL_DATA_DIR") or Path.home() / ".corral",
             mcp_config=_path("CORRAL_MCP_CONFIG"),
+            graphs_config=_path("CORRAL_GRAPHS_CONFIG"),
             tool_timeout=parse_duration(os.environ.get("CORRAL_TOOL_TIMEOUT"), 300.0),
             database_url=os.environ.get("CORRAL_DATABASE_URL", "").strip(),
             header_timeout=parse_duration(os.environ.get("CORRAL_HEADER_TIMEOUT"), 10.0),

@@ -1,8 +1,9 @@
 """The composition root: builds Corral's service objects once per process.
 
 Settings → Store → Scheduler → Inference → artifact store → tool registry (built-in tools, packages'
-entry points, outside MCP servers). The HTTP app, the MCP endpoint, agents and tools are all callers of
-these same objects; a script, a notebook or a test builds them the same way, without HTTP:
+entry points, outside MCP servers) → agents (agents/service.py; LangGraph is loaded only when installed).
+The HTTP app, the MCP endpoint, agents and tools are all callers of these same objects; a script, a
+notebook or a test builds them the same way, without HTTP:
 
     async with build_services() as services:
         answer = await services.inference.chat_once(ChatParams(model="gemma3:270m", messages=[...]))
@@ -17,6 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.service import AgentService
 from tools import ArtifactStore, ToolRegistry, ToolResult
 from tools.builtin import BUILTIN_TOOLS
 from tools.entry_points import discover
@@ -40,10 +42,12 @@ class Services:
     artifacts: ArtifactStore
     tools: ToolRegistry
     mcp: McpImports = field(repr=False)
+    agents: AgentService = field(default=None, repr=False)  # type: ignore[assignment]  # set by build_services
     started: bool = False
 
     async def start(self) -> None:
-        """What needs the event loop: the default model's registration, outside MCP servers."""
+        """What needs the event loop: the default model's registration, outside MCP servers, then the
+        agents (their checkpointer and the users' graphs), which may use the imported tools."""
         if self.started:
             return
         self.started = True
@@ -53,8 +57,12 @@ class Services:
 
             ensure_default_model(self.store)
         await self.mcp.connect(self.tools)
+        if self.agents is not None:
+            await self.agents.start()
 
     async def close(self) -> None:
+        if self.agents is not None:
+            await self.agents.close()
         await self.mcp.close()
         await self.scheduler.close()
         self.started = False
@@ -79,5 +87,7 @@ def build_services(settings: Settings | None = None) -> Services:
     tools = ToolRegistry(artifacts, default_timeout=settings.tool_timeout)
     tools.add_all(BUILTIN_TOOLS)
     tools.add_all(discover())
-    return Services(settings=settings, store=store, scheduler=scheduler, inference=inference, artifacts=artifacts,
-                    tools=tools, mcp=McpImports(settings.mcp_config_path))
+    services = Services(settings=settings, store=store, scheduler=scheduler, inference=inference,
+                        artifacts=artifacts, tools=tools, mcp=McpImports(settings.mcp_config_path))
+    services.agents = AgentService(services)
+    return services
