@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +20,8 @@ from typing import Any, TypeVar
 from .config import Settings, parse_duration
 from .errors import BadRequest, EngineError, NotFound
 from .engine.embedder import Embedder, normalize
+from .engine.llama import default_threads
+from .engine.memory import InsufficientMemory
 from .engine.job import Done, Failed, Job, Piece, TokenLogprob
 from .grammar import TOOL_CALL_STYLES, SchemaError, json_grammar, schema_grammar, tool_call_grammar
 from .engine.runner import ContextLengthError
@@ -194,7 +197,7 @@ class Inference:
             log.warning("requested context size too large for model: num_ctx %d, trained %d", num_ctx, trained)
             num_ctx = trained
         runner = RunnerOptions(num_ctx=num_ctx, num_gpu=opts.num_gpu, num_batch=min(opts.num_batch, num_ctx),
-                               num_thread=opts.num_thread)
+                               num_thread=_threads(opts.num_thread))
         return Prepared(model=model, options=opts, runner_options=runner, keep_alive=self.keep_alive(keep_alive))
 
     def capabilities(self, model: Model) -> list[str]:
@@ -489,6 +492,7 @@ class Inference:
             raise BadRequest(f'"{params.model}" does not support chat')
         if params.tools:
             self._require(model, "tools", f"{model.entry.name.full} does not support tools")
+            _check_tools(params.tools)
             try:
                 tool_call_grammar(params.tools)  # validates every tool's name and parameter schema
             except (SchemaError, ValueError) as exc:
@@ -605,7 +609,11 @@ class Inference:
         start = time.perf_counter_ns()
         async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
             load_ns = time.perf_counter_ns() - start
-            embedder = await asyncio.to_thread(loaded.embedder_for, self.settings.num_threads)
+            try:
+                embedder = await asyncio.to_thread(loaded.embedder_for, self.settings.num_threads,
+                                                   self.scheduler.free_memory())
+            except InsufficientMemory as exc:  # num_ctx too large for an embedding context here
+                raise BadRequest(str(exc)) from exc
             stop = threading.Event()
             token_lists = await _in_thread(self._embed_tokens, loaded, embedder, inputs, truncate, stop, stop=stop)
             vectors: list[list[float]] = []
@@ -664,6 +672,70 @@ async def _in_thread(fn: Callable[..., T], *args: Any, stop: threading.Event | N
         if not future.cancelled():
             future.exception()  # retrieved: whatever fn ended with, the caller is gone
         raise
+
+
+# llama.cpp's ceiling (GGML_MAX_N_THREADS); a thread pool far larger than that brought the process down
+_MAX_THREADS = 512
+
+
+def _threads(num_thread: int) -> int:
+    """`num_thread` as the runner takes it: 0 (or less) the server's default; more threads than the machine
+    has cores only slows decoding (and tens of thousands end the process), so more is lowered to that."""
+    if num_thread <= 0:
+        return 0
+    cores = min(_MAX_THREADS, max(default_threads(), os.cpu_count() or 1))
+    if num_thread > cores:
+        log.warning("num_thread %d is more than the %d cores of this machine: using %d", num_thread, cores, cores)
+        return cores
+    return num_thread
+
+
+def _check_tools(tools: list[Any]) -> None:
+    """Tools in the shape Ollama's Go types (api.Tool) decode, which the templates then read: an object
+    whose `function` is an object with a string name and description and, when given, `parameters` that
+    are a JSON Schema object; its `type`, `required`, `enum`, `anyOf` and `properties` (at every level of
+    properties) of the JSON types Go takes. What Go refuses is a 400 here too, before any template runs."""
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise BadRequest(f"invalid tools: tool #{i}: must be an object")
+        fn = tool.get("function")
+        if not isinstance(fn, dict):
+            raise BadRequest(f"invalid tools: tool #{i}: 'function' must be an object")
+        name = fn.get("name")
+        label = f"tool '{name}'" if isinstance(name, str) and name else f"tool #{i}"
+        for key in ("name", "description"):
+            if fn.get(key) is not None and not isinstance(fn[key], str):
+                raise BadRequest(f"invalid tools: {label}: '{key}' must be a string")
+        params = fn.get("parameters")
+        if params is None:
+            continue
+        if not isinstance(params, dict):
+            raise BadRequest(f"invalid tools: {label}: parameters must be a JSON schema object, "
+                             f"got {type(params).__name__}")
+        _check_property(params, f"{label}: parameters")
+
+
+def _check_property(schema: dict, where: str) -> None:
+    """The keywords of a tool's parameters (and of each property) that Ollama's ToolProperty types."""
+    kind = schema.get("type")
+    if kind is not None and not isinstance(kind, str) and not (
+            isinstance(kind, list) and all(isinstance(t, str) for t in kind)):
+        raise BadRequest(f"invalid tools: {where}: 'type' must be a string or an array of strings")
+    required = schema.get("required")
+    if required is not None and not (isinstance(required, list) and all(isinstance(r, str) for r in required)):
+        raise BadRequest(f"invalid tools: {where}: 'required' must be an array of strings")
+    for key in ("enum", "anyOf"):
+        if schema.get(key) is not None and not isinstance(schema[key], list):
+            raise BadRequest(f"invalid tools: {where}: '{key}' must be an array")
+    for k, alt in enumerate(schema.get("anyOf") or []):
+        if isinstance(alt, dict):
+            _check_property(alt, f"{where}.anyOf[{k}]")
+    props = schema.get("properties")
+    if props is not None and not isinstance(props, dict):
+        raise BadRequest(f"invalid tools: {where}: 'properties' must be an object")
+    for name, prop in (props or {}).items():
+        if isinstance(prop, dict):  # booleans are schemas too (true: anything), read as empty properties
+            _check_property(prop, f"{where}.properties.{name}")
 
 
 def _choice(tool_choice: Any) -> str:

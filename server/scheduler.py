@@ -20,7 +20,8 @@ from typing import TypeVar
 from .config import FOREVER, Settings
 from .engine.embedder import Embedder
 from .engine.llama import LlamaModel, LoadError, batch_invariant_kernels, devices, supports_gpu
-from .engine.memory import InsufficientMemory, Plan, embedding_context, estimate, plan, system_memory
+from .engine.memory import (InsufficientMemory, Plan, embedding_context, embedding_room, estimate, plan, split,
+                            system_memory)
 from .engine.runner import Runner
 from .store.gguf import GGUFError, read_info
 from .store.model import Model
@@ -84,23 +85,32 @@ class Loaded:
     def size_vram(self) -> int:
         return self.plan.gpu_bytes
 
-    def embedder_for(self, n_threads: int) -> Embedder:
-        """The embedding context, created by the first caller (worker threads may ask at once)."""
+    def embedder_for(self, n_threads: int, free: tuple[int, int] | None = None) -> Embedder:
+        """The embedding context, created by the first caller (worker threads may ask at once).
+
+        Its size is num_ctx (at most the model's trained context length); with `free` (GPU and system
+        bytes not yet planned for, `Scheduler.free_memory()`), one that does not fit is refused
+        (InsufficientMemory) before llama.cpp tries to allocate it."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("model unloaded")
             if self.embedder is None:
-                self.embedder = Embedder(self.llama, n_ctx=self.options.num_ctx, n_threads=n_threads)
+                n_ctx = self.options.num_ctx
+                if self.model.context_length:
+                    n_ctx = min(n_ctx, self.model.context_length)
+                if free is not None:
+                    embedding_room(self.model.gguf, n_ctx=n_ctx, n_seq=Embedder.N_SEQ,
+                                   gpu_layers=self.plan.gpu_layers, gpu_free=free[0], ram_free=free[1])
+                self.embedder = Embedder(self.llama, n_ctx=n_ctx, n_threads=n_threads)
                 self._count_embedder()
             return self.embedder
 
     def _count_embedder(self) -> None:
         """Grow the plan by the embedding context, on the devices its layers are on."""
         extra = embedding_context(self.model.gguf, n_ctx=self.embedder.n_ctx, n_seq=self.embedder.n_seq)
-        layers = extra.n_layer + 1
-        on_gpu = extra.total * min(self.plan.gpu_layers, layers) // layers
+        on_gpu, on_cpu = split(extra, self.plan.gpu_layers)
         self.plan = dataclasses.replace(self.plan, gpu_bytes=self.plan.gpu_bytes + on_gpu,
-                                        cpu_bytes=self.plan.cpu_bytes + extra.total - on_gpu)
+                                        cpu_bytes=self.plan.cpu_bytes + on_cpu)
 
     def close(self) -> None:
         """Free the contexts and the weights (in a worker thread); later calls do nothing."""
@@ -135,6 +145,12 @@ class Scheduler:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="corral-load")
 
     # ---- requests ----------------------------------------------------------------------
+
+    def free_memory(self) -> tuple[int, int]:
+        """(GPU, system) bytes of the budgets that no loaded model's plan takes (call on the event loop)."""
+        loaded = list(self.loaded.values())
+        return (max(0, self.gpu_budget - sum(l.plan.gpu_bytes for l in loaded)),
+                max(0, self.ram_budget - sum(l.plan.cpu_bytes for l in loaded)))
 
     def check_queue(self) -> None:
         """Refuse a request when too many are already waiting for a free sequence."""

@@ -134,8 +134,8 @@ def _schema_format(schema: Any, name: str | None, param: str) -> Any:
 
 
 def _json_type(value: Any) -> str:
-    return {str: "a string", list: "an array", bool: "a boolean", int: "a number", float: "a number",
-            type(None): "null"}.get(type(value), type(value).__name__)
+    return {str: "a string", list: "an array", dict: "an object", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def _format(kind: str, schema: Any, name: str | None, param: str) -> Any:
@@ -654,11 +654,26 @@ def _responses_content(content: Any, param: str) -> tuple[str, list[str]]:
     return "\n".join(texts), images
 
 
-def _reasoning_text(item: dict) -> str:
+def _reasoning_text(item: dict, param: str) -> str:
     if isinstance(item.get("encrypted_content"), str) and item["encrypted_content"]:
         return item["encrypted_content"]  # Corral (like Ollama) puts the plain thinking there
-    parts = [p.get("text", "") for key in ("content", "summary") for p in item.get(key) or [] if isinstance(p, dict)]
+    parts = []
+    for key in ("content", "summary"):
+        value = item.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, list):
+            raise bad(f"reasoning {key} must be a list of parts, got {_json_type(value)}", f"{param}.{key}")
+        parts += [p.get("text", "") for p in value if isinstance(p, dict)]
     return "\n".join(p for p in parts if isinstance(p, str) and p)
+
+
+def _call_id(item: dict, key: str, param: str) -> str | None:
+    """An item's `call_id` (or `id`): a string when given, as at OpenAI."""
+    value = item.get(key)
+    if value is not None and not isinstance(value, str):
+        raise bad(f"{key} must be a string, got {_json_type(value)}", f"{param}.{key}")
+    return value
 
 
 def _responses_messages(value: Any) -> list[dict]:
@@ -694,7 +709,7 @@ def _responses_messages(value: Any) -> list[dict]:
             name = item.get("name")
             if not isinstance(name, str) or not name:
                 raise bad("function_call needs a name", f"{where}.name")
-            cid = item.get("call_id") or item.get("id") or call_id()
+            cid = _call_id(item, "call_id", where) or _call_id(item, "id", where) or call_id()
             names[cid] = name
             last = out[-1] if out else None
             if last is None or last["role"] != "assistant":
@@ -707,7 +722,7 @@ def _responses_messages(value: Any) -> list[dict]:
             if thinking:
                 last["thinking"], thinking = thinking, ""
         elif kind == "function_call_output":
-            cid = item.get("call_id") or ""
+            cid = _call_id(item, "call_id", where) or ""
             output = item.get("output")
             text, images = (output, []) if isinstance(output, str) else _responses_content(output, f"{where}.output")
             msg = {"role": "tool", "content": text, "tool_call_id": cid}
@@ -717,7 +732,7 @@ def _responses_messages(value: Any) -> list[dict]:
                 msg["tool_name"] = names[cid]
             out.append(msg)
         elif kind == "reasoning":
-            thinking = _reasoning_text(item)
+            thinking = _reasoning_text(item, where)
         elif kind == "item_reference":
             raise bad("item_reference needs stored responses: this Responses API is stateless, "
                       "send the items themselves", where)

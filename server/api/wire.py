@@ -18,6 +18,16 @@ T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
 
+# How deeply a request body may nest (objects and arrays; the top-level value is level 1). Checked once,
+# here, where every route decodes its body, so nothing after (schema-to-grammar conversion, templates,
+# tool-call arguments, tool validation) ever sees deeper JSON. Real requests stay far below it (a
+# structured-output schema or a tool's parameters nest 2 levels per object property). 64 keeps every
+# recursive consumer well under Python's 1000-frame recursion limit, whatever stack it runs on: the
+# hungriest, the grammar converter, takes about 4 frames a level (270 for the deepest schema a 64-level
+# body can hold, an `items` chain; at 128 levels it would be some 550, over half the limit before the
+# server's own stack is counted).
+MAX_JSON_DEPTH = 64
+
 
 class APIError(Exception):
     """An error for the client: an HTTP status, a message and, where one is to blame, the request
@@ -59,12 +69,33 @@ async def decode(request: Request, kind: type[T], *, allow_empty: bool = False) 
                 raise
             # bytes that are not UTF-8 become U+FFFD, as Go's decoder (Ollama's) makes them
             obj = msgspec.json.decode(body.decode("utf-8", errors="replace"))
+    except RecursionError:  # msgspec stops past Python's recursion limit: far deeper than allowed anyway
+        raise APIError(400, _TOO_DEEP) from None
+    except msgspec.DecodeError as exc:
+        raise APIError(400, f"invalid JSON in request body: {exc}") from exc
+    if _too_deep(obj, MAX_JSON_DEPTH):
+        raise APIError(400, _TOO_DEEP)
+    try:
         return msgspec.convert(_without_nulls(obj), type=kind)
     except msgspec.ValidationError as exc:
         path = _ERROR_PATH.search(str(exc))
         raise APIError(400, f"invalid request: {exc}", param=path[1] if path else None) from exc
-    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested deeper than Python recurses
-        raise APIError(400, f"invalid JSON in request body: {exc}") from exc
+
+
+_TOO_DEEP = f"request body nested too deeply: more than {MAX_JSON_DEPTH} levels of objects and arrays"
+
+
+def _too_deep(obj: Any, limit: int) -> bool:
+    """Whether a decoded JSON value nests more than `limit` levels (iterative: no recursion here)."""
+    stack = [(obj, 1)] if isinstance(obj, (dict, list)) else []
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in (value.values() if isinstance(value, dict) else value):
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
 
 
 def _is_utf8(data: bytes) -> bool:

@@ -15,7 +15,9 @@ from .runner import ContextLengthError
 class Embedder:
     """A context with embeddings on, sharing the weights of a loaded model."""
 
-    def __init__(self, model: LlamaModel, *, n_ctx: int, n_seq: int = 8, n_threads: int = 0):
+    N_SEQ = 8  # inputs one batch may hold
+
+    def __init__(self, model: LlamaModel, *, n_ctx: int, n_seq: int = N_SEQ, n_threads: int = 0):
         self.model = model
         self.n_ctx = n_ctx
         self.n_seq = n_seq

@@ -9,6 +9,7 @@ memory; a model that fits nowhere is refused with Ollama's message.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -59,7 +60,7 @@ def estimate(info: GGUFInfo, file_size: int, *, cells: int, kv_type: str, n_batc
     n_head_kv = max(n_head_kv) if isinstance(n_head_kv, list) and n_head_kv else int(n_head_kv or n_head)
     key = int(info.arch_value("attention.key_length", 0) or 0) or n_embd // n_head
     value = int(info.arch_value("attention.value_length", 0) or 0) or key
-    n_vocab = int(info.arch_value("vocab_size", 0) or 0) or info.array_lengths.get("tokenizer.ggml.tokens", 32000)
+    n_vocab = _n_vocab(info)
     kv = int(n_layer * cells * n_head_kv * (key + value) * KV_BYTES.get(kv_type, 2.0))
     ff = int(info.arch_value("feed_forward_length", 0) or 0) or 4 * n_embd
     ubatch = min(n_batch, 512) if n_ubatch is None else n_ubatch
@@ -67,10 +68,50 @@ def estimate(info: GGUFInfo, file_size: int, *, cells: int, kv_type: str, n_batc
     return Estimate(weights=file_size, kv=kv, compute=compute, n_layer=n_layer)
 
 
+def _n_vocab(info: GGUFInfo) -> int:
+    return int(info.arch_value("vocab_size", 0) or 0) or info.array_lengths.get("tokenizer.ggml.tokens", 32000)
+
+
 def embedding_context(info: GGUFInfo, *, n_ctx: int, n_seq: int) -> Estimate:
-    """The second context an embedding request creates beside the generation one (`Embedder`):
-    an f16 cache of n_ctx cells and compute buffers for one n_ctx-token batch (no weights)."""
-    return estimate(info, 0, cells=n_ctx, kv_type="f16", n_batch=n_ctx, n_ubatch=n_ctx, n_seq=n_seq)
+    """The second context an embedding request creates beside the generation one (`Embedder`): an f16
+    cache of n_ctx cells, compute buffers for one n_ctx-token batch, and that batch's outputs (no weights).
+    With embeddings on, llama.cpp makes every token of a batch an output and computes the model's output
+    layer for each: n_vocab floats a token, which is most of it for a large vocabulary (1 MiB a token
+    for Gemma 3's 262k: measured 514.5 MiB of compute buffer at n_ctx 512, 2058 MiB at 2048)."""
+    est = estimate(info, 0, cells=n_ctx, kv_type="f16", n_batch=n_ctx, n_ubatch=n_ctx, n_seq=n_seq)
+    n_embd = int(info.arch_value("embedding_length", 0) or 0) or 1
+    return dataclasses.replace(est, compute=est.compute + 4 * n_ctx * (_n_vocab(info) + n_embd))
+
+
+def split(est: Estimate, gpu_layers: int) -> tuple[int, int]:
+    """(GPU bytes, system bytes) of a context whose layers are where a model's `gpu_layers` are."""
+    layers = est.n_layer + 1
+    on_gpu = est.total * min(gpu_layers, layers) // layers
+    return on_gpu, est.total - on_gpu
+
+
+def embedding_room(info: GGUFInfo, *, n_ctx: int, n_seq: int, gpu_layers: int, gpu_free: int,
+                   ram_free: int) -> None:
+    """Refuse an embedding context that does not fit the memory left (InsufficientMemory, saying the
+    largest num_ctx that would fit), before llama.cpp tries to allocate it."""
+
+    def fits(n: int) -> bool:
+        gpu, cpu = split(embedding_context(info, n_ctx=n, n_seq=n_seq), gpu_layers)
+        return cpu <= ram_free and (gpu == 0 or gpu <= gpu_free)
+
+    if fits(n_ctx):
+        return
+    lo, hi = 0, n_ctx  # the largest n that fits (0: none), in steps of llama.cpp's 256-cell padding
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    best = lo // 256 * 256
+    gpu, cpu = split(embedding_context(info, n_ctx=n_ctx, n_seq=n_seq), gpu_layers)
+    where = (f"{cpu / GiB:.1f} GiB of system memory ({ram_free / GiB:.1f} GiB available)" if cpu > ram_free
+             else f"{gpu / GiB:.1f} GiB of GPU memory ({gpu_free / GiB:.1f} GiB available)")
+    hint = f"at most num_ctx {best} fits" if best else "no embedding context fits in the memory left"
+    raise InsufficientMemory(f"num_ctx {n_ctx} is too large for embeddings with this model: its embedding "
+                             f"context needs {where}; {hint}")
 
 
 def plan(est: Estimate, *, gpu_free: int, ram_free: int, num_gpu: int = -1) -> Plan:

@@ -10,8 +10,9 @@ Public API
 ``object_schema_grammar(schema)``  like ``schema_grammar`` but the top level must be an object.
 ``tool_call_grammar(tools, ...)``  one or more tool calls in a template's style.
 ``SchemaError``                    raised for malformed schemas (not an object, ``type`` of a
-                                   wrong JSON type, unresolvable ``$ref``) and the few
-                                   constraints that cannot be met (e.g. conflicting ``allOf``).
+                                   wrong JSON type, unresolvable ``$ref``), a recursive ``$ref``
+                                   that cannot be expanded finitely (``{"$ref": "#"}``), and the
+                                   few constraints that cannot be met (e.g. conflicting ``allOf``).
 
 Conventions of the generated grammars:
 
@@ -43,7 +44,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from .gbnf import (_MAX_REP, SchemaError, _class_char, _dedupe, _group, _int_range, _lit, _nonneg_range, _rep,
-                   _seq, _unsupported)
+                   _seq, _unsupported, check_grammar)
 from .pattern import _ATOM_RE, _RegexFallback, _json_set, _pattern_content, _pattern_single_class, _regex_search
 
 __all__ = [
@@ -113,6 +114,11 @@ _STRING_KEYS = ("minLength", "maxLength", "format", "pattern")
 _NUMBER_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
 
+# How deeply subschemas may nest while converting ($ref targets and merged allOf parts included): far
+# beyond real schemas, and far below Python's recursion limit (a level takes up to 4 frames).
+_MAX_DEPTH = 100
+
+
 def _json_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False)
 
@@ -168,8 +174,12 @@ def _merge(a: dict, b: dict, where: str = "allOf") -> dict:
                     props[name] = ps
             out[key] = props
         elif key == "required":
+            if not isinstance(av, list) or not isinstance(bv, list):
+                raise SchemaError("'required' must be an array of strings")
             out[key] = list(av) + [r for r in bv if r not in av]
         elif key == "enum":
+            if not isinstance(av, list) or not isinstance(bv, list):
+                raise SchemaError("'enum' must be a non-empty array")
             both = [v for v in av if v in bv]
             if not both:
                 raise _unsupported(f"{where} with conflicting 'enum'")
@@ -219,6 +229,11 @@ class _Converter:
         self._by_body: dict[str, str] = {}
         self._refs: dict[tuple[int, str], str] = {}
         self._docs: list[Any] = []  # keep root documents alive (ids are map keys)
+        # schemas being expanded inline (a $ref with siblings, allOf, anyOf/oneOf) → the rule that stands
+        # for one met again inside its own expansion (None until then): a recursion becomes a rule
+        # that refers to itself instead of an endless expansion
+        self._active: dict[tuple[int, str], str | None] = {}
+        self._depth = 0
 
     # -- rule bookkeeping ------------------------------------------------
     @staticmethod
@@ -253,7 +268,15 @@ class _Converter:
                 self.prim(dep)
         return name
 
+    def check(self, root_expr: str) -> None:
+        """Refuse rules llama.cpp could not use (see `check_grammar`): a recursion that never ends."""
+        try:
+            check_grammar({"root": root_expr, **self.rules})
+        except RecursionError:  # groups nested hundreds deep (a pattern's): more than llama.cpp should parse
+            raise SchemaError("schema too complex: its grammar nests too deeply") from None
+
     def render(self, root_expr: str) -> str:
+        self.check(root_expr)
         lines = [f"root ::= {root_expr}"]
         for name, body in self.rules.items():
             lines.append(f"{name} ::= {body}")
@@ -302,6 +325,8 @@ class _Converter:
         return target, hint
 
     def ref_rule(self, ref: str, doc: Any) -> str:
+        if not isinstance(ref, str):
+            raise SchemaError("'$ref' must be a string")
         key = (id(doc), ref)
         if key in self._refs:
             return self._refs[key]
@@ -320,6 +345,40 @@ class _Converter:
     # -- schema visiting ---------------------------------------------------
     def visit(self, schema: Any, doc: Any, hint: str) -> str:
         """Return a GBNF expression (a rule name or an atom/group) for ``schema``."""
+        if self._depth >= _MAX_DEPTH:
+            raise SchemaError(f"schema nested too deeply: more than {_MAX_DEPTH} levels of subschemas "
+                              "($ref targets included), or a recursive $ref that cannot be expanded finitely")
+        key = None
+        if isinstance(schema, dict) and any(k in schema for k in ("$ref", "allOf", "anyOf", "oneOf")):
+            try:
+                key = (id(doc), json.dumps(schema, sort_keys=True, default=repr))
+            except (TypeError, ValueError):  # not JSON (an in-process caller's schema): no cycle check
+                key = None
+        if key is not None:
+            if key in self._active:  # met again inside its own expansion: refer to its rule
+                if self._active[key] is None:
+                    name = self._fresh(hint)
+                    self.rules[name] = ""  # reserved; the body comes when the outer expansion ends
+                    self._active[key] = name
+                return self._active[key]
+            self._active[key] = None
+        self._depth += 1
+        try:
+            expr = self._visit(schema, doc, hint)
+        except BaseException:
+            name = self._active.pop(key, None) if key is not None else None
+            if name is not None:
+                del self.rules[name]
+            raise
+        finally:
+            self._depth -= 1
+        name = self._active.pop(key) if key is not None else None
+        if name is None:
+            return expr
+        self.rules[name] = expr
+        return name
+
+    def _visit(self, schema: Any, doc: Any, hint: str) -> str:
         if schema is True:
             return self.prim("value")
         if schema is False:
@@ -394,6 +453,8 @@ class _Converter:
             types = None  # an unknown type ("file", "any", ...) allows any value
 
         if "const" in schema or "enum" in schema:
+            if schema.get("enum") is not None and not isinstance(schema["enum"], list):
+                raise SchemaError("'enum' must be a non-empty array")
             if "const" in schema:
                 values = [schema["const"]]
                 if "enum" in schema and schema["const"] not in (schema["enum"] or []):
@@ -471,7 +532,7 @@ class _Converter:
             if expr is not None:
                 return expr
         fmt = schema.get("format")
-        if fmt in _FORMAT_RULES and lo == 0 and hi is None:
+        if isinstance(fmt, str) and fmt in _FORMAT_RULES and lo == 0 and hi is None:
             return self.prim(_FORMAT_RULES[fmt])
         if lo == 0 and hi is None:
             return self.prim("string")
@@ -773,6 +834,13 @@ class _Converter:
             first_memo[i] = expr
             return expr
 
+        # the same rules first(0) makes, computed from the last property back: the recursion of first()
+        # and rest() then goes one level deep, not one level per property (thousands of them)
+        k = next((i for i, (_, _, req) in enumerate(order) if req), n)
+        for i in range(n, k, -1):
+            rest(i)
+        for i in range(k, -1, -1):
+            first(i)
         return self.add(hint, _seq('"{"', ws, first(0), '"}"'))
 
     def _key_excluding(self, names: list[str]) -> str:
@@ -967,11 +1035,13 @@ def tool_call_grammar(tools: list[dict], *, name: str | None = None, style: str 
     ws = conv.prim("ws")
     args_key = "parameters" if style == "llama3" else "arguments"
     calls = []
+    schemas: dict[str, Any] = {}
     for fname, params in fns.items():
         if params is True or params == {}:
             params = {"type": "object"}
         elif "type" not in params or (isinstance(params["type"], str) and params["type"] not in _TYPES):
             params = {**params, "type": "object"}
+        schemas[fname] = params
         hint = f"{fname}-args"
         try:
             args = conv.visit(params, params, hint)
@@ -992,4 +1062,13 @@ def tool_call_grammar(tools: list[dict], *, name: str | None = None, style: str 
     else:  # mistral
         more = f'( "," {ws} {call} {ws} )*' if parallel else ""
         root = _seq('"[TOOL_CALLS]"', '"["', ws, call, ws, more, '"]"')
-    return conv.render(root)
+    try:
+        return conv.render(root)
+    except SchemaError:  # a recursion that never ends: name the tool whose schema has it
+        for fname, params in schemas.items():
+            alone = _Converter()
+            try:
+                alone.check(alone.visit(params, params, "args"))
+            except SchemaError as exc:
+                raise SchemaError(f"tool '{fname}': {exc}") from exc
+        raise
