@@ -164,9 +164,10 @@ class CorralChatModel(BaseChatModel):
                     call = tool_call_chunk(name=reply[1], args=json.dumps(reply[2], ensure_ascii=False),
                                            id=new_call_id(), index=0)
                     yield ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[call]))
-                elif not (answer.streamed and self.answer_schema is None):
-                    # not streamed: a JSON answer, or a reply cut short before its answer began
-                    yield ChatGenerationChunk(message=AIMessageChunk(content=reply[1] if reply else answer.raw))
+                elif reply is not None and not (answer.streamed and self.answer_schema is None):
+                    # not streamed: a JSON answer (a reply cut short shows what of its answer had been
+                    # streamed, never its raw JSON; the run's done_reason "length" says it was cut)
+                    yield ChatGenerationChunk(message=AIMessageChunk(content=reply[1]))
                 yield self._last_chunk(item)
                 break
         finally:

@@ -11,7 +11,7 @@ from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from .api import llamacpp, metrics, models, ollama, openai, tools
+from .api import agents, langgraph, llamacpp, metrics, models, ollama, openai, openapi, tools
 from .api.mcp import mcp_endpoint
 from .api.wire import APIError, error
 from .config import Settings
@@ -72,6 +72,10 @@ def cors_and_host(settings: Settings):
         async def handle(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != "http":
                 await app(scope, receive, send)
+                return
+            if sum(1 for k, _ in scope["headers"] if k.lower() == b"host") > 1:
+                # Go's net/http (Ollama's server) refuses these before any handler, in these words
+                await _send_plain(send, 400, b"400 Bad Request: too many Host headers")
                 return
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             if check_host and not host_allowed(headers.get("host", "")):
@@ -152,7 +156,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     app = Litestar(
         route_handlers=[*ollama.ROUTES, *metrics.ROUTES, *models.ROUTES, *openai.ROUTES, *llamacpp.ROUTES,
-                        *tools.ROUTES, mcp_route],
+                        *tools.ROUTES, *openapi.ROUTES, *langgraph.ROUTES, *agents.ROUTES, mcp_route],
         middleware=[cors_and_host(settings)],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
         on_startup=[startup],

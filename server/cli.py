@@ -203,6 +203,44 @@ def _error_text(resp) -> str:
         return resp.text or f"HTTP {resp.status_code}"
 
 
+def agent(args: argparse.Namespace) -> None:
+    """`corral agent create NAME -f FILE` (a JSON definition), `corral agent list`, `corral agent rm NAME`."""
+    import json
+
+    import httpx
+
+    def fail(message: str) -> None:
+        print(f"Error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+    client = httpx.Client(base_url=server_url(), timeout=30.0)
+    try:
+        if args.action == "create":
+            try:
+                definition = json.loads(Path(args.file).expanduser().read_text())
+            except OSError as exc:
+                fail(f"reading {args.file}: {exc.strerror or exc}")
+            except ValueError as exc:
+                fail(f"{args.file} is not JSON: {exc}")
+            if not isinstance(definition, dict):
+                fail(f"{args.file}: an agent definition is a JSON object")
+            definition["name"] = args.name
+            resp = client.post("/api/agents", json=definition)
+        elif args.action == "rm":
+            resp = client.delete(f"/api/agents/{args.name}")
+        else:
+            resp = client.get("/api/agents")
+    except httpx.HTTPError as exc:
+        fail(f"could not connect to the server: {exc}")
+    if resp.status_code != 200:
+        fail(_error_text(resp))
+    if args.action == "list":
+        for a in resp.json()["agents"]:
+            print(f"{a['name']:<30} {a['kind']:<6} {a.get('model', '')}")
+    elif args.action == "create":
+        print("success")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="corral", description="Ollama-compatible server on llama.cpp")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -212,7 +250,14 @@ def main(argv: list[str] | None = None) -> None:
     create_parser.add_argument("-f", "--file", default="Modelfile", help="the Modelfile (default ./Modelfile)")
     create_parser.add_argument("-q", "--quantize", default="", help="quantize the model: q4_K_M or q8_0")
     create_parser.set_defaults(func=create)
+    agent_parser = sub.add_parser("agent", help="manage agents: create NAME -f FILE, list, rm NAME")
+    agent_parser.add_argument("action", choices=["create", "list", "rm"])
+    agent_parser.add_argument("name", nargs="?")
+    agent_parser.add_argument("-f", "--file", default="agent.json", help="the agent definition (JSON)")
+    agent_parser.set_defaults(func=agent)
     args = parser.parse_args(argv)
+    if getattr(args, "action", None) in ("create", "rm") and not args.name:
+        parser.error(f"agent {args.action} needs a NAME")
     args.func(args)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import NoReturn
 
+from agents.errors import AgentsUnavailable
 from tools import ToolError, ToolFailed, ToolTimeout
 
 from ..errors import BadRequest, EngineError, NotFound
@@ -21,6 +22,8 @@ def status_for(exc: BaseException) -> tuple[int, str]:
         return exc.status, exc.message
     if isinstance(exc, (NotFound, ModelNotFound)):
         return 404, str(exc)
+    if isinstance(exc, AgentsUnavailable):  # a BadRequest: checked first
+        return 501, str(exc)
     if isinstance(exc, QueueFull):
         return 503, str(exc)
     if isinstance(exc, (BadRequest, InvalidName, InvalidDigest, DigestMismatch)):

@@ -11,10 +11,11 @@ from litestar.response import Stream
 
 from .. import __version__, modelfile
 from ..config import FOREVER, MAX_DURATION
-from ..messages import ToolCall
+from ..messages import Message, ToolCall
 from ..inference import Answer, ChatParams, Delta, Final, GenerateParams, Inference
 from ..store.gguf import read_info
 from ..store.model import Model
+from . import agents
 from . import types as t
 from .errors import raise_for
 from .flow import answer, service_call
@@ -126,6 +127,9 @@ async def chat(request: Request) -> Response | Stream:
     req = await decode(request, t.ChatRequest)
     inference = services(request)
     messages = [_message_dict(m) for m in (req.messages or [])]
+    name = agents.agent_name(request.app.state.services, req.model)
+    if name is not None:
+        return await _agent_chat(request, req, name, messages)
     params = ChatParams(
         model=req.model, messages=messages, tools=[_tool_dict(x) for x in req.tools] if req.tools else None,
         format=req.format, options=req.options, keep_alive=req.keep_alive, think=req.think,
@@ -159,6 +163,17 @@ async def chat(request: Request) -> Response | Stream:
 
     return await answer(request, inference.chat(params), stream=req.stream is not False, item=item,
                         whole=whole, error_line=_error_line)
+
+
+async def _agent_chat(request: Request, req: t.ChatRequest, name: str, messages: list[dict]) -> Response | Stream:
+    """/api/chat with an agent: its steps as thinking, its answer as content (server/api/agents.py)."""
+    if not messages:
+        return json_response(t.ChatResponse(model=req.model, created_at=now(), done=True, done_reason="load",
+                                            message=t.ResponseMessage(role="assistant", content="")))
+    lines = agents.chat_lines(request.app.state.services, name, req.model, [Message.from_dict(m) for m in messages],
+                              request, req.options)
+    return await answer(request, lines, stream=req.stream is not False, item=lambda x: x, whole=lambda x: x,
+                        error_line=_error_line, gather=agents.gather_chat)
 
 
 def _error_line(exc: Exception) -> t.ErrorResponse:
@@ -245,13 +260,16 @@ async def tags(request: Request) -> Response:
             details = t.ModelDetails()
         models.append(t.ListModel(name=entry.name.display, model=entry.name.display, modified_at=rfc3339(entry.modified),
                                   size=entry.manifest.size, digest=entry.digest, details=details))
-    return json_response(t.ListResponse(models=models))
+    return json_response(t.ListResponse(models=models + agents.tag_entries(request.app.state.services)))
 
 
 @post("/api/show", status_code=200)
 async def show(request: Request) -> Response:
     req = await decode(request, t.ShowRequest)
     inference = services(request)
+    name = agents.agent_name(request.app.state.services, req.model or req.name)
+    if name is not None:
+        return json_response(agents.show(request.app.state.services, name))
     try:
         model = inference.model(req.model or req.name)
     except Exception as exc:

@@ -370,3 +370,38 @@ class ToolResultResponse(msgspec.Struct, omit_defaults=True):
     json: Any = msgspec.UNSET  # the tool's JSON value, if it gave one
     citations: list[CitationInfo] | None = None
     artifacts: list[ArtifactInfo] | None = None
+
+
+# ---- agents (Corral) ---------------------------------------------------------------------
+
+
+class AgentDefinition(msgspec.Struct, forbid_unknown_fields=True):
+    """POST /api/agents: an agent served as a model (agents/spec.py checks every field)."""
+
+    name: str
+    model: str  # a chat model in the store
+    system: str | None = None
+    tools: list[str] | None = None  # registry names or globs (`files_*`)
+    max_steps: int | None = None  # model calls in one turn (default 8)
+    options: dict[str, Any] | None = None  # model options
+    approve: list[str] | None = None  # tools whose calls wait for a person (default: those with side effects)
+    output_schema: dict[str, Any] | None = None  # JSON Schema of the final answer
+    description: str | None = None
+
+
+class AgentInfo(msgspec.Struct, omit_defaults=True):
+    name: str
+    kind: str  # "agent" (a definition) or "graph" (a user's own LangGraph graph)
+    model: str | None = None
+    system: str | None = None
+    tools: list[str] | None = None
+    max_steps: int | None = None
+    options: dict[str, Any] | None = None
+    approve: list[str] | None = None
+    output_schema: dict[str, Any] | None = None
+    description: str | None = None
+    digest: str | None = None  # sha256 of the definition
+
+
+class AgentList(msgspec.Struct):
+    agents: list[AgentInfo]
