@@ -26,7 +26,7 @@ def agent_server(tool_server):
                options={"tool_choice": "calculator", "num_predict": 48, "temperature": 0})
     assert r.status_code == 200, r.text
     r = create(tool_server, name="echo-agent", model="gemma3:270m", tools=["echo"], max_steps=2,
-               options={"tool_choice": "echo", "num_predict": 64, "temperature": 0})
+               options={"tool_choice": "echo", "num_predict": 160, "temperature": 0})
     assert r.status_code == 200, r.text
     r = create(tool_server, name="waiting-agent", model="gemma3:270m", tools=["wait_forever"], approve=[],
                options={"tool_choice": "wait_forever", "num_predict": 48, "temperature": 0})
@@ -117,3 +117,24 @@ def test_client_that_leaves_cancels_the_agent_and_its_tool(agent_server):
         time.sleep(0.1)
     assert set(agent_server.markers.iterdir()) - before, "the agent's tool was not cancelled"
     assert httpx.get(agent_server.url + "/").status_code == 200
+
+
+def test_openai_client_with_an_agent(agent_server):
+    import openai
+
+    client = openai.OpenAI(base_url=agent_server.url + "/v1", api_key="unused", timeout=300)
+    assert "calc-agent" in {m.id for m in client.models.list().data}
+    assert client.models.retrieve("calc-agent").owned_by == "agent"
+    chunks = list(client.chat.completions.create(
+        model="calc-agent", messages=[{"role": "user", "content": "What is 6 times 7?"}], stream=True,
+        stream_options={"include_usage": True}))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    reasoning = "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas)
+    assert "calculator(" in reasoning and not any(d.tool_calls for d in deltas)
+    assert chunks[-2].choices[0].finish_reason in ("stop", "length") and chunks[-1].usage.completion_tokens > 0
+    whole = client.chat.completions.create(model="echo-agent", messages=[{"role": "user", "content": "Echo hi."}])
+    message = whole.choices[0].message
+    assert "echo(" in message.content and not message.tool_calls  # the approval question, as the answer
+    assert whole.choices[0].finish_reason == "stop"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="calc-agent", messages=[])

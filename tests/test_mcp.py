@@ -404,3 +404,13 @@ def test_mcp_host_and_origin_checks(tool_server: Server):
     assert preflight.status_code == 204
     assert preflight.headers["access-control-allow-origin"] == "http://localhost"
 
+
+
+def test_deeply_nested_body_is_refused_before_the_sdk(tool_server):
+    deep = "[" * 990 + "1" + "]" * 990
+    body = ('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"calculator","arguments":'
+            '{"expression":' + deep + '}}}')
+    r = httpx.post(tool_server.url + "/mcp", content=body, timeout=30, headers={
+        "content-type": "application/json", "accept": "application/json, text/event-stream"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32700 and "nested" in r.json()["error"]["message"]
+    assert httpx.get(tool_server.url + "/").status_code == 200

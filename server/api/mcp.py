@@ -27,6 +27,7 @@ from tools import Progress, ToolResult
 from .. import __version__
 from ..services import Services
 from .errors import status_for
+from .wire import MAX_JSON_DEPTH
 
 
 def mcp_endpoint(services: Services):
@@ -59,6 +60,12 @@ def mcp_endpoint(services: Services):
     manager = StreamableHTTPSessionManager(app=server, stateless=True)
 
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("method") == "POST":  # the SDK's json.loads recurses: deep bodies are refused first
+            body, receive = await _buffered(receive)
+            if _nested_deeper(body, MAX_JSON_DEPTH):
+                await _send_json(send, 400, {"jsonrpc": "2.0", "id": None, "error": {
+                    "code": -32700, "message": f"Parse error: request body nested deeper than {MAX_JSON_DEPTH} levels"}})
+                return
         await manager.handle_request(scope, receive, send)
 
     @contextlib.asynccontextmanager
@@ -67,6 +74,54 @@ def mcp_endpoint(services: Services):
             yield
 
     return asgi("/mcp", is_mount=True, copy_scope=True)(handle), lifespan
+
+
+async def _buffered(receive: Receive) -> tuple[bytes, Receive]:
+    """The whole request body, and a `receive` that hands it over again (then passes through)."""
+    parts, more = [], True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(parts), _replay([message], receive)
+        parts.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b"".join(parts)
+    return body, _replay([{"type": "http.request", "body": body, "more_body": False}], receive)
+
+
+def _replay(messages: list, receive: Receive) -> Receive:
+    async def replayed():
+        return messages.pop(0) if messages else await receive()
+
+    return replayed
+
+
+def _nested_deeper(body: bytes, limit: int) -> bool:
+    """Whether JSON text opens more than `limit` objects/arrays inside each other (strings skipped)."""
+    depth, in_string, escaped = 0, False, False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x7B, 0x5B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x7D, 0x5D):
+            depth -= 1
+    return False
+
+
+async def _send_json(send: Send, status: int, obj: dict) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": json.dumps(obj).encode()})
 
 
 def _result(services: Services, result: ToolResult) -> types.CallToolResult:

@@ -27,9 +27,12 @@ from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException
 from litestar.response import Stream
 
-from ..reply import call_id
-from ..messages import ToolCall
+from agents.events import Approval, Content as AgentContent, Done as AgentDone, Thinking
+
 from ..inference import MAX_EMBED_INPUTS, ChatParams, Delta, Final, GenerateParams, Inference
+from ..messages import Message, ToolCall
+from ..reply import call_id
+from . import agents
 from . import openai_types as o
 from .errors import raise_for, status_for
 from .flow import service_call
@@ -364,6 +367,9 @@ def _chat_params(req: o.ChatCompletionRequest) -> ChatParams:
 async def chat_completions(request: Request) -> Response | Stream:
     req = await decode(request, o.ChatCompletionRequest)
     inference = services(request)
+    name = agents.agent_name(request.app.state.services, req.model)
+    if name is not None:
+        return await _agent_completion(request, req, name)
     params = _chat_params(req)
     cid, created = _new_id("chatcmpl-"), int(time.time())
     if req._debug_render_only:
@@ -440,6 +446,78 @@ async def _chat_stream(first: Delta | Final, it: AsyncIterator[Delta | Final], c
         yield _stream_error(exc)
     finally:
         await it.aclose()
+
+
+async def _agent_completion(request: Request, req: o.ChatCompletionRequest, name: str) -> Response | Stream:
+    """An agent as a chat model (server/api/agents.py): its steps as reasoning (`reasoning` and
+    `reasoning_content`), its answer as content; its tools run here, never as client tool calls."""
+    messages = [Message.from_dict(m) for m in _chat_messages(req.messages or [])]
+    if not messages:
+        raise bad("messages must hold at least one message", "messages")
+    cid, created = _new_id("chatcmpl-"), int(time.time())
+    events = agents.run(request.app.state.services, name, messages, request, req.options)
+    first = await first_item(request, events, raise_for)
+
+    def usage(done: AgentDone) -> o.Usage:
+        return o.Usage(prompt_tokens=done.prompt_tokens, completion_tokens=done.eval_tokens,
+                       total_tokens=done.prompt_tokens + done.eval_tokens)
+
+    def finish(done: AgentDone) -> str:
+        return "length" if done.done_reason == "length" else "stop"
+
+    def text(event: Any) -> tuple[str, str]:
+        """(content, reasoning) of an event."""
+        if isinstance(event, Thinking):
+            return "", event.text + "\n"
+        if isinstance(event, Approval):
+            return agents.approval_text(event), ""
+        return (event.text, "") if isinstance(event, AgentContent) else ("", "")
+
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        def chunk(delta: o.ChunkDelta, finish_reason: str | None = None) -> bytes:
+            return _sse(o.ChatCompletionChunk(id=cid, object="chat.completion.chunk", created=created, model=req.model,
+                                              system_fingerprint=FINGERPRINT,
+                                              choices=[o.ChunkChoice(index=0, delta=delta, finish_reason=finish_reason)]))
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                yield chunk(o.ChunkDelta(role="assistant", content=""))
+                event = first
+                while not isinstance(event, AgentDone):
+                    content, reasoning = text(event)
+                    if content or reasoning:
+                        yield chunk(o.ChunkDelta(content=content or None, reasoning=reasoning or None,
+                                                 reasoning_content=reasoning or None))
+                    event = await events.__anext__()
+                yield chunk(o.ChunkDelta(), finish(event))
+                if include_usage:
+                    yield _sse(o.ChatCompletionChunk(id=cid, object="chat.completion.chunk", created=created,
+                                                     model=req.model, system_fingerprint=FINGERPRINT, choices=[],
+                                                     usage=usage(event)))
+                yield DONE
+            except Exception as exc:  # the status is already 200: report in-band
+                yield _stream_error(exc)
+            finally:
+                await events.aclose()
+
+        return _event_stream(stream())
+
+    async def whole() -> o.ChatCompletion:
+        contents, reasonings, event = [], [], first
+        while not isinstance(event, AgentDone):
+            content, reasoning = text(event)
+            contents.append(content)
+            reasonings.append(reasoning)
+            event = await events.__anext__()
+        message = o.AssistantMessage(role="assistant", content="".join(contents),
+                                     reasoning="".join(reasonings) or None)
+        return o.ChatCompletion(id=cid, object="chat.completion", created=created, model=req.model,
+                                system_fingerprint=FINGERPRINT, usage=usage(event),
+                                choices=[o.Choice(index=0, message=message, finish_reason=finish(event))])
+
+    return json_response(await until_complete(request, whole(), events, raise_for))
 
 
 # ---- /v1/completions ---------------------------------------------------------------------
@@ -603,15 +681,25 @@ async def embeddings(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     inference = services(request)
     entries = sorted(inference.store.list(), key=lambda e: e.modified, reverse=True)
-    return json_response(o.ModelList(data=[
-        o.Model(id=e.name.display, created=int(e.modified), owned_by=e.name.namespace) for e in entries
-    ]))
+    served = [o.Model(id=e.name.display, created=int(e.modified), owned_by=e.name.namespace) for e in entries]
+    served += [o.Model(id=m.name, created=int(_rfc3339_seconds(m.modified_at)), owned_by="agent")
+               for m in agents.tag_entries(request.app.state.services)]
+    return json_response(o.ModelList(data=served))
+
+
+def _rfc3339_seconds(stamp: str) -> float:
+    import datetime
+
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 @get("/models/{model:path}")
 async def retrieve_model(request: Request, model: Path) -> Response:
     inference = services(request)
     model_name = str(model).strip("/")  # names have slashes (namespace/model:tag); the path keeps them
+    for m in agents.tag_entries(request.app.state.services):
+        if m.name == model_name.removesuffix(":latest"):
+            return json_response(o.Model(id=m.name, created=int(_rfc3339_seconds(m.modified_at)), owned_by="agent"))
     try:
         entry = inference.model(model_name).entry
     except Exception as exc:

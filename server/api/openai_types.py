@@ -229,6 +229,7 @@ class ChunkDelta(msgspec.Struct, omit_defaults=True):
     role: str | None = None
     content: str | None = None
     reasoning: str | None = None
+    reasoning_content: str | None = None  # the same as DeepSeek and vLLM spell it (agents' steps carry both)
     tool_calls: list[ToolCall] | None = None
 
 

@@ -78,7 +78,7 @@ _CALL = [{"role": "user", "content": "Weather in Paris?"},
                                                                            "arguments": {"city": "Paris"}}}]},
          {"role": "tool", "content": "sunny", "tool_name": "get_weather"}]
 
-OLLAMA, OPENAI, TOOLS, LLAMACPP, CORRAL = "Ollama", "OpenAI", "Tools", "llama-server", "Corral"
+OLLAMA, OPENAI, TOOLS, LLAMACPP, CORRAL, AGENTS = "Ollama", "OpenAI", "Tools", "llama-server", "Corral", "Agents"
 
 OPERATIONS: tuple[Operation, ...] = (
     # ---- Ollama: liveness, generation, embeddings
@@ -142,6 +142,17 @@ OPERATIONS: tuple[Operation, ...] = (
               content={"application/json": {"schema": _STATUS}}),
     Operation("post", "/api/me", "Cloud sign-in: always 401 on a local server", OLLAMA, content=_EMPTY,
               status="401", body_required=False),
+    # ---- agents
+    Operation("get", "/api/agents", "Every agent and user graph", AGENTS, response=t.AgentList),
+    Operation("post", "/api/agents", "Create (or replace) an agent", AGENTS, request=t.AgentDefinition,
+              response=t.AgentInfo,
+              examples=({"name": "calc-agent", "model": _MODEL, "tools": ["calculator"], "max_steps": 4},),
+              description="An unknown model, a tool or glob that matches nothing, or an unknown field: 400 naming it. "
+                          "Without the agents extra: 501."),
+    Operation("get", "/api/agents/{name}", "One agent's definition", AGENTS, response=t.AgentInfo,
+              parameters=(_path_param("name", "the agent's name"),)),
+    Operation("delete", "/api/agents/{name}", "Delete an agent", AGENTS, content=_EMPTY,
+              parameters=(_path_param("name", "the agent's name"),)),
     # ---- tools
     Operation("get", "/api/tools", "Every tool in the registry", TOOLS, response=t.ToolListResponse),
     Operation("post", "/api/tools/{name}", "Run a tool", TOOLS, request=t.ToolCallRequest,
