@@ -138,3 +138,28 @@ def test_openai_client_with_an_agent(agent_server):
     assert whole.choices[0].finish_reason == "stop"
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="calc-agent", messages=[])
+
+
+def test_corral_agent_command(agent_server, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    definition = tmp_path / "agent.json"
+    definition.write_text(json.dumps({"model": "gemma3:270m", "tools": ["calculator"], "description": "from the CLI"}))
+    env = dict(os.environ, OLLAMA_HOST=agent_server.host)
+
+    def corral(*args):
+        return subprocess.run([sys.executable, "-m", "server", "agent", *args], env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    made = corral("create", "cli-agent", "-f", str(definition))
+    assert made.returncode == 0 and made.stdout.strip() == "success", made.stderr
+    assert httpx.get(agent_server.url + "/api/agents/cli-agent").json()["description"] == "from the CLI"
+    assert "cli-agent" in corral("list").stdout
+    definition.write_text(json.dumps({"model": "gemma3:270m", "tools": ["no_such_tool"]}))
+    refused = corral("create", "cli-agent2", "-f", str(definition))
+    assert refused.returncode == 1 and "no_such_tool" in refused.stderr
+    assert corral("rm", "cli-agent").returncode == 0
+    assert httpx.get(agent_server.url + "/api/agents/cli-agent").status_code == 404

@@ -24,16 +24,30 @@ async def service_call(work: Awaitable[T]) -> T:
         raise_for(exc)
 
 
+async def respond(request: Request, it: AsyncIterator[Any], *, stream: bool,
+                  streamed: Callable[[Any], Response | Stream], gathered: Callable[[Any], Awaitable[Any]]
+                  ) -> Response | Stream:
+    """The flow of every generation route: await the first item before answering (so early errors get
+    a real status; a client that leaves meanwhile cancels the generation), then either stream
+    (`streamed(first)` makes the response, in the route's framing) or gather the rest into one JSON
+    body (`gathered(first)`), cancelled if the client leaves; the generation is always closed."""
+    first = await first_item(request, it, raise_for)
+    if stream:
+        return streamed(first)
+    return json_response(await until_complete(request, gathered(first), it, raise_for))
+
+
 async def answer(request: Request, it: AsyncIterator[Any], *, stream: bool, item: Callable[[Any], Any],
                  whole: Callable[[Any], Any], error_line: Callable[[Exception], Any],
                  gather: Callable[[AsyncIterator[Any], Any], Awaitable[Any]] = collect) -> Response | Stream:
-    """Stream a generation's items as NDJSON lines (`item` makes each line), or gather it (by default
-    into an Answer) into one response (`whole`). The first item is awaited before answering, so early
-    errors get a real status; a client that leaves cancels the generation; it is always closed."""
-    first = await first_item(request, it, raise_for)
-    if stream:
-        return ndjson(item(first), _mapped(it, item), error_line)
-    return json_response(whole(await until_complete(request, gather(it, first), it, raise_for)))
+    """`respond` in Ollama's NDJSON framing: `item` makes each line; not streamed, the items are
+    gathered (by default into an Answer) and `whole` makes the body."""
+
+    async def gathered(first: Any) -> Any:
+        return whole(await gather(it, first))
+
+    return await respond(request, it, stream=stream, gathered=gathered,
+                         streamed=lambda first: ndjson(item(first), _mapped(it, item), error_line))
 
 
 async def _mapped(it: AsyncIterator[Any], wire: Callable[[Any], Any]) -> AsyncIterator[Any]:

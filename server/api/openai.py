@@ -35,8 +35,8 @@ from ..reply import call_id
 from . import agents
 from . import openai_types as o
 from .errors import raise_for, status_for
-from .flow import service_call
-from .wire import APIError, decode, encode, first_item, json_response, until_complete
+from .flow import respond, service_call
+from .wire import APIError, decode, encode, json_response, until_complete
 
 FINGERPRINT = "fp_ollama"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -379,12 +379,9 @@ async def chat_completions(request: Request) -> Response | Stream:
                                               _debug_info={"rendered_template": rendered}))
 
     it = inference.chat(params)
-    first = await first_item(request, it, raise_for)
-    if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return _event_stream(_chat_stream(first, it, cid, created, req.model, include_usage))
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-    async def collect() -> o.ChatCompletion:
+    async def collect(first: Delta | Final) -> o.ChatCompletion:
         text, thinking, calls, lps = [], [], [], []
         item = first
         while not isinstance(item, Final):
@@ -401,7 +398,8 @@ async def chat_completions(request: Request) -> Response | Stream:
         return o.ChatCompletion(id=cid, object="chat.completion", created=created, model=req.model,
                                 system_fingerprint=FINGERPRINT, choices=[choice], usage=_usage(item))
 
-    return json_response(await until_complete(request, collect(), it, raise_for))
+    return await respond(request, it, stream=bool(req.stream), gathered=collect, streamed=lambda first: _event_stream(
+        _chat_stream(first, it, cid, created, req.model, include_usage)))
 
 
 async def _chat_stream(first: Delta | Final, it: AsyncIterator[Delta | Final], cid: str, created: int, model: str,
@@ -456,7 +454,6 @@ async def _agent_completion(request: Request, req: o.ChatCompletionRequest, name
         raise bad("messages must hold at least one message", "messages")
     cid, created = _new_id("chatcmpl-"), int(time.time())
     events = agents.run(request.app.state.services, name, messages, request, req.options)
-    first = await first_item(request, events, raise_for)
 
     def usage(done: AgentDone) -> o.Usage:
         return o.Usage(prompt_tokens=done.prompt_tokens, completion_tokens=done.eval_tokens,
@@ -473,38 +470,35 @@ async def _agent_completion(request: Request, req: o.ChatCompletionRequest, name
             return agents.approval_text(event), ""
         return (event.text, "") if isinstance(event, AgentContent) else ("", "")
 
-    if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        def chunk(delta: o.ChunkDelta, finish_reason: str | None = None) -> bytes:
-            return _sse(o.ChatCompletionChunk(id=cid, object="chat.completion.chunk", created=created, model=req.model,
-                                              system_fingerprint=FINGERPRINT,
-                                              choices=[o.ChunkChoice(index=0, delta=delta, finish_reason=finish_reason)]))
+    def chunk(delta: o.ChunkDelta, finish_reason: str | None = None) -> bytes:
+        return _sse(o.ChatCompletionChunk(id=cid, object="chat.completion.chunk", created=created, model=req.model,
+                                          system_fingerprint=FINGERPRINT,
+                                          choices=[o.ChunkChoice(index=0, delta=delta, finish_reason=finish_reason)]))
 
-        async def stream() -> AsyncIterator[bytes]:
-            try:
-                yield chunk(o.ChunkDelta(role="assistant", content=""))
-                event = first
-                while not isinstance(event, AgentDone):
-                    content, reasoning = text(event)
-                    if content or reasoning:
-                        yield chunk(o.ChunkDelta(content=content or None, reasoning=reasoning or None,
-                                                 reasoning_content=reasoning or None))
-                    event = await events.__anext__()
-                yield chunk(o.ChunkDelta(), finish(event))
-                if include_usage:
-                    yield _sse(o.ChatCompletionChunk(id=cid, object="chat.completion.chunk", created=created,
-                                                     model=req.model, system_fingerprint=FINGERPRINT, choices=[],
-                                                     usage=usage(event)))
-                yield DONE
-            except Exception as exc:  # the status is already 200: report in-band
-                yield _stream_error(exc)
-            finally:
-                await events.aclose()
+    async def stream(first: Any) -> AsyncIterator[bytes]:
+        try:
+            yield chunk(o.ChunkDelta(role="assistant", content=""))
+            event = first
+            while not isinstance(event, AgentDone):
+                content, reasoning = text(event)
+                if content or reasoning:
+                    yield chunk(o.ChunkDelta(content=content or None, reasoning=reasoning or None,
+                                             reasoning_content=reasoning or None))
+                event = await events.__anext__()
+            yield chunk(o.ChunkDelta(), finish(event))
+            if include_usage:
+                yield _sse(o.ChatCompletionChunk(id=cid, object="chat.completion.chunk", created=created,
+                                                 model=req.model, system_fingerprint=FINGERPRINT, choices=[],
+                                                 usage=usage(event)))
+            yield DONE
+        except Exception as exc:  # the status is already 200: report in-band
+            yield _stream_error(exc)
+        finally:
+            await events.aclose()
 
-        return _event_stream(stream())
-
-    async def whole() -> o.ChatCompletion:
+    async def whole(first: Any) -> o.ChatCompletion:
         contents, reasonings, event = [], [], first
         while not isinstance(event, AgentDone):
             content, reasoning = text(event)
@@ -517,7 +511,8 @@ async def _agent_completion(request: Request, req: o.ChatCompletionRequest, name
                                 system_fingerprint=FINGERPRINT, usage=usage(event),
                                 choices=[o.Choice(index=0, message=message, finish_reason=finish(event))])
 
-    return json_response(await until_complete(request, whole(), events, raise_for))
+    return await respond(request, events, stream=bool(req.stream), gathered=whole,
+                         streamed=lambda first: _event_stream(stream(first)))
 
 
 # ---- /v1/completions ---------------------------------------------------------------------
@@ -585,34 +580,30 @@ async def completions(request: Request) -> Response | Stream:
         return json_response(completion("", None, _debug_info={"rendered_template": rendered}))
 
     it = inference.generate(params)
-    first = await first_item(request, it, raise_for)
-    if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        async def events() -> AsyncIterator[bytes]:
-            offset = 0
-            try:
-                item = first
-                while not isinstance(item, Final):
-                    logprobs = None
-                    if params.logprobs:
-                        logprobs, offset = _completion_logprobs(item, offset)
-                    if item.content or logprobs:
-                        yield _sse(completion(item.content, None, logprobs))
-                    item = await it.__anext__()
-                yield _sse(completion("", _finish_reason(item, False)))
-                if include_usage:
-                    yield _sse(o.Completion(id=cid, object="text_completion", created=created, model=req.model,
-                                            system_fingerprint=FINGERPRINT, choices=[], usage=_usage(item)))
-                yield DONE
-            except Exception as exc:
-                yield _stream_error(exc)
-            finally:
-                await it.aclose()
+    async def events(first: Delta | Final) -> AsyncIterator[bytes]:
+        offset = 0
+        try:
+            item = first
+            while not isinstance(item, Final):
+                logprobs = None
+                if params.logprobs:
+                    logprobs, offset = _completion_logprobs(item, offset)
+                if item.content or logprobs:
+                    yield _sse(completion(item.content, None, logprobs))
+                item = await it.__anext__()
+            yield _sse(completion("", _finish_reason(item, False)))
+            if include_usage:
+                yield _sse(o.Completion(id=cid, object="text_completion", created=created, model=req.model,
+                                        system_fingerprint=FINGERPRINT, choices=[], usage=_usage(item)))
+            yield DONE
+        except Exception as exc:
+            yield _stream_error(exc)
+        finally:
+            await it.aclose()
 
-        return _event_stream(events())
-
-    async def collect() -> o.Completion:
+    async def collect(first: Delta | Final) -> o.Completion:
         text: list[str] = []
         logprobs = o.CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
         offset = 0
@@ -626,7 +617,8 @@ async def completions(request: Request) -> Response | Stream:
         return completion("".join(text), _finish_reason(item, False), logprobs if params.logprobs else None,
                           usage=_usage(item))
 
-    return json_response(await until_complete(request, collect(), it, raise_for))
+    return await respond(request, it, stream=bool(req.stream), gathered=collect,
+                         streamed=lambda first: _event_stream(events(first)))
 
 
 # ---- /v1/embeddings ----------------------------------------------------------------------
@@ -1038,36 +1030,33 @@ async def responses(request: Request) -> Response | Stream:
     params = _responses_params(req)
     builder = _ResponseBuilder(req, _item_id("resp"), int(time.time()))
     it = inference.chat(params)
-    first = await first_item(request, it, raise_for)
 
-    if req.stream:
-        async def events() -> AsyncIterator[bytes]:
-            try:
-                for event in builder.start():
+    async def events(first: Delta | Final) -> AsyncIterator[bytes]:
+        try:
+            for event in builder.start():
+                yield _event(event)
+            item = first
+            while not isinstance(item, Final):
+                for event in builder.feed(item):
                     yield _event(event)
-                item = first
-                while not isinstance(item, Final):
-                    for event in builder.feed(item):
-                        yield _event(event)
-                    item = await it.__anext__()
-                for event in builder.finish(item)[1]:
-                    yield _event(event)
-            except Exception as exc:  # the status is already 200: end with response.failed
-                for event in builder.fail(exc):
-                    yield _event(event)
-            finally:
-                await it.aclose()
+                item = await it.__anext__()
+            for event in builder.finish(item)[1]:
+                yield _event(event)
+        except Exception as exc:  # the status is already 200: end with response.failed
+            for event in builder.fail(exc):
+                yield _event(event)
+        finally:
+            await it.aclose()
 
-        return _event_stream(events())
-
-    async def collect() -> o.ResponseObject:
+    async def collect(first: Delta | Final) -> o.ResponseObject:
         item = first
         while not isinstance(item, Final):
             builder.feed(item)
             item = await it.__anext__()
         return builder.finish(item)[0]
 
-    return json_response(await until_complete(request, collect(), it, raise_for))
+    return await respond(request, it, stream=bool(req.stream), gathered=collect,
+                         streamed=lambda first: _event_stream(events(first)))
 
 
 ROUTES = [
