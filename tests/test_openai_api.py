@@ -27,6 +27,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseStreamEvent
 
 from server.api import openai as oai
+from server.api import openai_responses as oresp
 from server.api import openai_types as ot
 from server.inference import Delta, Final
 from server.messages import ToolCall
@@ -544,7 +545,7 @@ def test_chat_stream_error_after_start_offline():
 
 def _responses_events(items, **request) -> list[dict]:
     req = ot.ResponsesRequest(model="m", input="hi", **request)
-    builder = oai._ResponseBuilder(req, "resp_1", 1)
+    builder = oresp._ResponseBuilder(req, "resp_1", 1)
     events = builder.start()
     try:
         for item in items:
@@ -556,7 +557,7 @@ def _responses_events(items, **request) -> list[dict]:
                 events += builder.feed(item)
     except Exception as exc:
         events += builder.fail(exc)
-    frames = [oai._event(e) for e in events]
+    frames = [oresp._event(e) for e in events]
     out = []
     for f in frames:
         head, data = f.decode().removesuffix("\n\n").split("\n")
@@ -601,7 +602,7 @@ def test_responses_events_empty_answer_and_failure_offline():
 
 
 def test_responses_input_translation_offline():
-    messages = oai._responses_messages([
+    messages = oresp._responses_messages([
         {"type": "message", "role": "developer", "content": "rules"},
         {"role": "user", "content": [{"type": "input_text", "text": "a"}, {"type": "input_text", "text": "b"}]},
         {"type": "reasoning", "summary": [{"type": "summary_text", "text": "thought"}]},
@@ -620,9 +621,9 @@ def test_responses_input_translation_offline():
         {"role": "assistant", "content": "done"},
     ]
     # a function_call item without call_id or id gets a fresh call id
-    unnamed = oai._responses_messages([{"type": "function_call", "name": "f", "arguments": "{}"}])
+    unnamed = oresp._responses_messages([{"type": "function_call", "name": "f", "arguments": "{}"}])
     assert unnamed[0]["tool_calls"][0]["id"].startswith("call_")
-    params = oai._responses_params(ot.ResponsesRequest(
+    params = oresp._responses_params(ot.ResponsesRequest(
         model="m", input="hi", instructions="sys", tool_choice={"type": "function", "name": "f"},
         tools=[ot.ResponsesTool(name="f", description="d", parameters={"type": "object"})],
         text=ot.ResponsesText(format=ot.ResponsesTextFormat(type="json_schema", name="s", schema={"type": "object"})),
