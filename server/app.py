@@ -11,6 +11,7 @@ from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from . import __version__
 from .api import agents, langgraph, llamacpp, metrics, models, ollama, openai, openapi, tools
 from .api.mcp import mcp_endpoint
 from .api.wire import APIError, error
@@ -68,11 +69,24 @@ def cors_and_host(settings: Settings):
     def allowed(origin: str) -> bool:
         return any(o == "*" or fnmatch.fnmatchcase(origin, o) for o in origins)
 
+    # Corral's own version on every response (/api/version reports the Ollama API version it implements)
+    version_header = (b"x-corral-version", __version__.encode())
+
+    def with_version_header(send: Send) -> Send:
+        async def send_with_version(message):
+            if message["type"] == "http.response.start":
+                message = dict(message)
+                message["headers"] = list(message.get("headers", [])) + [version_header]
+            await send(message)
+
+        return send_with_version
+
     def middleware(app: ASGIApp) -> ASGIApp:
         async def handle(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != "http":
                 await app(scope, receive, send)
                 return
+            send = with_version_header(send)
             if sum(1 for k, _ in scope["headers"] if k.lower() == b"host") > 1:
                 # Go's net/http (Ollama's server) refuses these before any handler, in these words
                 await _send_plain(send, 400, b"400 Bad Request: too many Host headers")

@@ -242,7 +242,11 @@ def agent(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from . import OLLAMA_API_VERSION, __version__
+
     parser = argparse.ArgumentParser(prog="corral", description="Ollama-compatible server on llama.cpp")
+    parser.add_argument("--version", action="version",
+                        version=f"corral {__version__} (Ollama API {OLLAMA_API_VERSION})")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="start the server (OLLAMA_HOST, default 127.0.0.1:11434)").set_defaults(func=serve)
     create_parser = sub.add_parser("create", help="create a model from a Modelfile (like `ollama create`)")

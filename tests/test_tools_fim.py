@@ -88,25 +88,6 @@ def test_capabilities(server):
     assert ".Suffix" in client.show("coder").template
 
 
-def test_vocabulary_is_read_once_per_blob(server, monkeypatch):
-    """Capabilities are computed on every request; the FIM check scans a whole vocabulary (262k
-    tokens for Gemma: 30-40 ms on this machine), so its answer is kept per blob."""
-    import server.store.model as model_module
-    from server.store.names import ModelName
-
-    reads = []
-    real = model_module.read_tokens
-    monkeypatch.setattr(model_module, "read_tokens", lambda path: reads.append(path) or real(path))
-    model_module._has_fim_token_texts.cache_clear()
-    store = Store(server.models)
-    for _ in range(3):
-        for name in ("coder", "plain"):
-            model = model_module.Model(store, store.find(ModelName.parse(name)))
-            assert ("insert" in model.capabilities()) == (name == "coder")
-    assert len(reads) == len(set(reads)) == 2  # neither file names its FIM tokens in metadata
-    assert model_module._has_fim_token_texts.cache_info().hits == 4  # later requests: no scan
-
-
 def test_tools_rendered_into_prompt(server):
     r = chat(server, model="tooly", messages=[{"role": "user", "content": "weather in Paris?"}], tools=[WEATHER],
              _debug_render_only=True)

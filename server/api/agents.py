@@ -213,9 +213,14 @@ async def chat_lines(svc: Services, name: str, model: str, messages: list[Messag
     from .wire import now
 
     events = run(svc, name, messages, request, options)
+    answered = False  # an approval question after answer text starts a paragraph of its own
     try:
         async for event in events:
-            yield chat_line(model, event, now())
+            line = chat_line(model, event, now())
+            if isinstance(event, Approval) and answered:
+                line.message.content = "\n\n" + line.message.content
+            answered = answered or bool(line.message.content)
+            yield line
     finally:
         await events.aclose()  # cancels the run, its model requests and its tools
 

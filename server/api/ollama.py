@@ -9,7 +9,7 @@ from typing import Any
 from litestar import Request, Response, delete, get, post, route
 from litestar.response import Stream
 
-from .. import __version__, modelfile
+from .. import OLLAMA_API_VERSION, __version__, modelfile
 from ..config import FOREVER, MAX_DURATION
 from ..messages import Message, ToolCall
 from ..inference import Answer, ChatParams, Delta, Final, GenerateParams, Inference
@@ -37,7 +37,9 @@ async def root() -> str:
 
 @route("/api/version", http_method=["GET", "HEAD"])
 async def version() -> Response:
-    return json_response(t.VersionResponse(version=__version__))
+    # `version` is the Ollama API version Corral implements (clients gate features on it); `corral`
+    # is Corral's own, an extra field Ollama's clients ignore
+    return json_response({"version": OLLAMA_API_VERSION, "corral": __version__})
 
 
 # ---- generate / chat -----------------------------------------------------------------------

@@ -7,6 +7,7 @@ foreign calls, so a decode on one thread leaves the asyncio loop free.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import threading
@@ -128,6 +129,33 @@ class LoadError(RuntimeError):
     """A model or context could not be created."""
 
 
+FIM_NAMES = ("pre", "suf", "mid", "pad", "rep", "sep")
+_fim_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=128)
+def fim_token_ids(path: str) -> dict[str, int] | None:
+    """The fill-in-the-middle tokens llama.cpp finds in this GGUF's vocabulary (ids, -1 where
+    absent), from a vocabulary-only load: the same detection a full load does (metadata ids, then
+    token texts of every family llama.cpp knows), so the `insert` capability agrees with the prompt
+    `LlamaModel.fim` builds. None when llama.cpp cannot read the vocabulary. Cached per path: blobs
+    are named by their digest, so one load serves every request."""
+    init_backend()
+    params = C.llama_model_default_params()
+    params.vocab_only = True
+    params.use_mmap = True
+    params.n_gpu_layers = 0
+    with _fim_lock:  # one load at a time: the first requests after a start may all ask at once
+        ptr = C.llama_model_load_from_file(path.encode(), params)
+        if not ptr:
+            return None
+        try:
+            vocab = C.llama_model_get_vocab(ptr)
+            return {name: int(getattr(C, f"llama_vocab_fim_{name}")(vocab)) for name in FIM_NAMES}
+        finally:
+            C.llama_model_free(ptr)
+
+
 class LlamaModel:
     """Weights and vocabulary of one GGUF file."""
 
@@ -157,9 +185,7 @@ class LlamaModel:
         self.add_bos = bool(C.llama_vocab_get_add_bos(self.vocab))
         self.has_encoder = bool(C.llama_model_has_encoder(ptr))
         self.has_decoder = bool(C.llama_model_has_decoder(ptr))
-        self.fim = {
-            name: getattr(C, f"llama_vocab_fim_{name}")(self.vocab) for name in ("pre", "suf", "mid", "pad", "rep", "sep")
-        }
+        self.fim = {name: getattr(C, f"llama_vocab_fim_{name}")(self.vocab) for name in FIM_NAMES}
 
     def close(self) -> None:
         if self.ptr:

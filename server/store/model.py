@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import manifest as mf
-from .gguf import FILE_TYPES, GGUFInfo, read_info, read_tokens
+from .gguf import FILE_TYPES, GGUFInfo, read_info
 from .store import Entry, Store
 
 
@@ -118,11 +118,15 @@ class Model:
 
     @functools.cached_property
     def has_fim_tokens(self) -> bool:
-        """Whether llama.cpp will find fill-in-the-middle tokens in this vocabulary."""
-        kv = self.gguf.kv
-        if all(f"tokenizer.ggml.fim_{k}_token_id" in kv for k in ("pre", "suf", "mid")):
-            return True
-        return self.model_path is not None and _has_fim_token_texts(str(self.model_path))
+        """Whether llama.cpp finds fill-in-the-middle tokens (prefix, suffix, middle) in this
+        vocabulary: its own detection, from a vocabulary-only load cached per blob, so this agrees
+        with the prompt `Inference._fim_tokens` builds from the loaded model's `fim`."""
+        if self.model_path is None:
+            return False
+        from ..engine.llama import fim_token_ids  # llama.cpp is loaded only when asked
+
+        fim = fim_token_ids(str(self.model_path))
+        return fim is not None and min(fim["pre"], fim["suf"], fim["mid"]) >= 0
 
     def capabilities(self) -> list[str]:
         """Computed like Ollama: a pooling type means an embedding model; the template decides the rest."""
@@ -140,24 +144,6 @@ class Model:
         if ".Think" in go or (not go and "<think>" in jinja):
             caps.append("thinking")
         return caps
-
-
-# (prefix, suffix, middle) token texts llama.cpp recognises as FIM markers
-FIM_TOKEN_TEXTS = [
-    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
-    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
-    ("<fim-prefix>", "<fim-suffix>", "<fim-middle>"),
-    ("<|fim▁begin|>", "<|fim▁hole|>", "<|fim▁end|>"),
-    ("<PRE>", "<SUF>", "<MID>"),
-    ("▁<PRE>", "▁<SUF>", "▁<MID>"),
-]
-
-
-@functools.lru_cache(maxsize=64)
-def _has_fim_token_texts(path: str) -> bool:
-    """Blobs are named by their digest, so one look at a vocabulary serves every request."""
-    tokens = set(read_tokens(path))
-    return any(all(t in tokens for t in triple) for triple in FIM_TOKEN_TEXTS)
 
 
 @functools.lru_cache(maxsize=64)
