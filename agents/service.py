@@ -33,8 +33,11 @@ log = logging.getLogger("corral.agents")
 @functools.cache
 def extra_installed() -> bool:
     """Whether the `agents` extra is importable (LangGraph and the SQLite checkpointer)."""
-    return all(importlib.util.find_spec(m) is not None
-               for m in ("langgraph", "langchain_core", "langgraph.checkpoint.sqlite", "aiosqlite"))
+    try:
+        return all(importlib.util.find_spec(m) is not None
+                   for m in ("langgraph", "langchain_core", "langgraph.checkpoint.sqlite", "aiosqlite"))
+    except ImportError:  # a parent package of a dotted name is missing
+        return False
 
 
 class AgentService:

@@ -59,6 +59,8 @@ async def runs(request: Request) -> RunManager:
         async with lock:
             if (manager := state.get(_STATE)) is None:
                 services = state.services
+                if not services.agents.available:  # without the agents extra: 501 naming it
+                    raise AgentsUnavailable()
                 store = await ThreadStore.open(services.settings.data_dir, services.settings.database_url)
                 manager = RunManager(getattr(services, "agents", None) or _NoGraphs(), store)
                 state["langgraph_started"] = now()
