@@ -297,7 +297,7 @@ class Inference:
             raise BadRequest("raw mode does not support template, system, or context")
         if "completion" not in self.capabilities(model):
             raise BadRequest(f'"{params.model}" does not support generate')
-        if params.suffix and not params.raw:
+        if params.suffix:  # raw or not, as Ollama checks it: a client learns that the model cannot fill in
             self._require(model, "insert", f"{model.entry.name.full} does not support insert")
         if params.think and "thinking" not in self.capabilities(model):
             raise BadRequest(f'"{params.model}" does not support thinking')
