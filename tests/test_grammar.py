@@ -27,7 +27,7 @@ import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-from server.grammar.json_schema import (  # noqa: E402
+from server.grammar import (  # noqa: E402
     SchemaError,
     json_grammar,
     object_schema_grammar,

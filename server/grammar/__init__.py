@@ -4,7 +4,8 @@ Pure Python: the engine takes the grammar text; tools and agents use these witho
 """
 
 from .gbnf import SchemaError
-from .json_schema import TOOL_CALL_STYLES, json_grammar, object_schema_grammar, schema_grammar, tool_call_grammar
+from .json_schema import json_grammar, object_schema_grammar, schema_grammar
+from .tool_calls import TOOL_CALL_STYLES, tool_call_grammar
 
 __all__ = ["SchemaError", "TOOL_CALL_STYLES", "json_grammar", "object_schema_grammar", "schema_grammar",
            "tool_call_grammar"]
