@@ -41,8 +41,11 @@ async def open_checkpointer(data_dir: Path, database_url: str, stack: contextlib
 
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "agents.db"
-    conn = await aiosqlite.connect(str(path))
+    # another connection to this file (the LangGraph API's thread records, a second server, a closing
+    # one's last transaction) may hold its write lock for a moment: wait for it rather than fail at 5 s
+    conn = await aiosqlite.connect(str(path), timeout=30)
     stack.push_async_callback(conn.close)
+    await conn.execute("PRAGMA journal_mode=WAL")
     saver = AsyncSqliteSaver(conn)
     await saver.setup()
     log.info("agent threads in %s", path)

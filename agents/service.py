@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import importlib.util
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -85,6 +86,10 @@ class AgentService:
         self._user_graphs = {}
         self.checkpointer = None
         if stack is not None:
+            # a run cancelled in the middle of a checkpoint write can leave its cursor referenced from
+            # the cancelled frames; SQLite keeps such a connection (and its write lock) alive after
+            # close until the statement is finalized, so collect those frames first
+            gc.collect()
             await stack.aclose()
 
     def _require(self) -> None:
