@@ -92,12 +92,13 @@ class AgentService:
             gc.collect()
             await stack.aclose()
 
-    def _require(self) -> None:
+    def require(self) -> None:
+        """AgentsUnavailable (501 over HTTP) unless the agents extra is installed."""
         if not self.available:
             raise AgentsUnavailable()
 
     def _require_started(self) -> None:
-        self._require()
+        self.require()
         if self._stack is None:
             raise RuntimeError("the agent service is not started (Services.start() starts it)")
 
@@ -112,25 +113,25 @@ class AgentService:
 
     def names(self) -> list[str]:
         """Every agent: specs and the users' graphs."""
-        self._require()
+        self.require()
         return sorted(set(self._all_specs()) | set(self._user_graphs))
 
     def spec(self, name: str) -> AgentSpec | None:
         """The spec of a built-in agent; None for a user's graph or an unknown name."""
-        self._require()
+        self.require()
         return None if name in self._user_graphs else self._all_specs().get(name)
 
     def list_specs(self) -> list[AgentSpec]:
-        self._require()
+        self.require()
         return [s for n, s in sorted(self._all_specs().items()) if n not in self._user_graphs]
 
     def is_user_graph(self, name: str) -> bool:
-        self._require()
+        self.require()
         return name in self._user_graphs
 
     def create(self, spec: AgentSpec | dict) -> AgentSpec:
         """Validate and save (replacing an agent of that name). BadRequest naming what is wrong."""
-        self._require()
+        self.require()
         spec = AgentSpec.from_dict(spec) if isinstance(spec, dict) else spec
         spec.validate(self.services)
         if spec.name in self._user_graphs:
@@ -142,7 +143,7 @@ class AgentService:
 
     def delete(self, name: str) -> None:
         """Remove a spec (its threads stay in the checkpointer). NotFound if there is none."""
-        self._require()
+        self.require()
         if name in self._user_graphs:
             raise BadRequest(f"agent '{name}' is a graph of the graphs config: remove it there")
         if name not in self._all_specs():

@@ -39,10 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 from agents import AgentSpec, Done
+from agents.graph import steps_in_turn
 from server.config import Settings
 from server.messages import Message
 from server.services import build_services
@@ -80,12 +81,7 @@ class ScriptedModel(BaseChatModel):
 
     def _reply(self, messages: list[BaseMessage]) -> ChatResult:
         start = time.perf_counter()
-        step = 0
-        for m in reversed(messages):
-            if isinstance(m, HumanMessage):
-                break
-            if isinstance(m, AIMessage):
-                step += 1
+        step = steps_in_turn(messages)
         if step < len(self.plan):
             calls = [{"name": n, "args": a, "id": f"call_{step}_{k}", "type": "tool_call"}
                      for k, (n, a) in enumerate(self.plan[step])]

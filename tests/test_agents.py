@@ -34,9 +34,8 @@ from server.services import build_services
 from server.store.default_model import ensure_default_model
 from server.store.register import register_gguf
 from server.store.store import Store
-from tests.gguf_factory import write_random_llama
 from tests.test_tools import _idle
-from tests.test_tools_fim import HERMES_TEMPLATE
+from tests.test_tools_fim import write_tools_model
 from tools import ToolError, ToolResult, tool
 
 # ---- fixtures and helpers ---------------------------------------------------------------------
@@ -45,10 +44,7 @@ from tools import ToolError, ToolResult, tool
 @pytest.fixture(scope="module")
 def store_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("agents")
-    gguf = write_random_llama(d / "tools.gguf", chat_template=HERMES_TEMPLATE, seed=1,
-                              extra_tokens=("<tool_call>", "</tool_call>", ("<|im_start|>", "control"),
-                                            ("<|im_end|>", "control")))
-    register_gguf(Store(d / "models"), "tooly", gguf)
+    register_gguf(Store(d / "models"), "tooly", write_tools_model(d / "tools.gguf"))
     return d
 
 

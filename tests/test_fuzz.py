@@ -40,7 +40,7 @@ from server.store.register import register_gguf
 from server.store.store import Store
 from tests.conftest import copy_store, start_server
 from tests.gguf_factory import write_random_llama
-from tests.test_tools_fim import HERMES_TEMPLATE
+from tests.test_tools_fim import write_tools_model
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +49,7 @@ def server(store_dir, model_files, tmp_path_factory):
     tokens), in a store of its own (the fuzz may write to it), with its own data directory."""
     d = tmp_path_factory.mktemp("fuzz")
     root = copy_store(store_dir, d / "models")
-    tooly = write_random_llama(d / "tooly.gguf", chat_template=HERMES_TEMPLATE, seed=1, extra_tokens=(
-        "<tool_call>", "</tool_call>", ("<|im_start|>", "control"), ("<|im_end|>", "control")))
-    register_gguf(Store(root), "tooly", tooly)
+    register_gguf(Store(root), "tooly", write_tools_model(d / "tooly.gguf"))
     coder = write_random_llama(d / "coder.gguf", seed=2, extra_tokens=(
         ("<|fim_prefix|>", "control"), ("<|fim_suffix|>", "control"), ("<|fim_middle|>", "control"),
         ("<|fim_pad|>", "control"), ("<|repo_name|>", "control"), ("<|file_sep|>", "control")))

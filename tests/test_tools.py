@@ -26,8 +26,7 @@ from server.messages import Message, ToolCall, ToolSpec
 from server.services import build_services
 from server.store.register import register_gguf
 from server.store.store import Store
-from tests.gguf_factory import write_random_llama
-from tests.test_tools_fim import HERMES_TEMPLATE
+from tests.test_tools_fim import write_tools_model
 from tools import ArtifactStore, InvalidArguments, ToolError, ToolTimeout, tool
 
 
@@ -45,10 +44,7 @@ async def echo_text(args: EchoArgs, ctx) -> str:
 def tool_store(tmp_path_factory):
     d = tmp_path_factory.mktemp("typed")
     store = Store(d / "models")
-    gguf = write_random_llama(d / "tools.gguf", chat_template=HERMES_TEMPLATE, seed=1,
-                              extra_tokens=("<tool_call>", "</tool_call>", ("<|im_start|>", "control"),
-                                            ("<|im_end|>", "control")))
-    register_gguf(store, "tooly", gguf)
+    register_gguf(store, "tooly", write_tools_model(d / "tools.gguf"))
     return d
 
 

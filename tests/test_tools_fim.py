@@ -56,14 +56,18 @@ TIME = {
 }
 
 
+def write_tools_model(path):
+    """A tiny random model whose Hermes template renders tools (capability `tools`)."""
+    return write_random_llama(path, chat_template=HERMES_TEMPLATE, seed=1,
+                              extra_tokens=("<tool_call>", "</tool_call>", ("<|im_start|>", "control"),
+                                            ("<|im_end|>", "control")))
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     d = tmp_path_factory.mktemp("toolmodels")
     store = Store(d / "models")
-    tools = write_random_llama(d / "tools.gguf", chat_template=HERMES_TEMPLATE, seed=1,
-                               extra_tokens=("<tool_call>", "</tool_call>", ("<|im_start|>", "control"),
-                                             ("<|im_end|>", "control")))
-    register_gguf(store, "tooly", tools)
+    register_gguf(store, "tooly", write_tools_model(d / "tools.gguf"))
     fim = write_random_llama(d / "fim.gguf", seed=2, extra_tokens=(
         ("<|fim_prefix|>", "control"), ("<|fim_suffix|>", "control"), ("<|fim_middle|>", "control"),
         ("<|fim_pad|>", "control"), ("<|repo_name|>", "control"), ("<|file_sep|>", "control")))

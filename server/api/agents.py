@@ -24,7 +24,7 @@ from agents.events import AgentEvent, Approval, Content, Done, Thinking
 from ..messages import Message
 from ..services import Services
 from . import types as t
-from .flow import service_call
+from .flow import service_errors
 from .wire import APIError, decode, json_response, rfc3339
 
 THREAD_HEADER = "x-corral-thread"
@@ -81,13 +81,9 @@ def _info(svc: Services, name: str) -> t.AgentInfo:
 @get("/api/agents")
 async def list_agents(request: Request) -> Response:
     svc = services(request)
-    names = await service_call(_names(svc))
+    with service_errors():  # without the agents extra: 501 naming it
+        names = svc.agents.names()
     return json_response(t.AgentList(agents=[_info(svc, n) for n in names]))
-
-
-async def _names(svc: Services) -> list[str]:
-    svc.agents._require()
-    return svc.agents.names()
 
 
 @post("/api/agents", status_code=200)
@@ -97,19 +93,17 @@ async def create_agent(request: Request) -> Response:
     definition = {k: v for k, v in _struct_dict(req).items() if v is not None}
     if _is_model(svc, req.name):
         raise APIError(400, f"agent '{req.name}': a model of that name is in the store")
-    spec = await service_call(_create(svc, definition))
+    with service_errors():
+        spec = svc.agents.create(definition)
     return json_response(_info(svc, spec.name))
-
-
-async def _create(svc: Services, definition: dict):
-    return svc.agents.create(definition)
 
 
 @get("/api/agents/{name:str}")
 async def show_agent(request: Request, name: str) -> Response:
     svc = services(request)
     if agent_name(svc, name) is None:
-        await service_call(_names(svc))  # the missing extra says so (501)
+        with service_errors():
+            svc.agents.require()  # the missing extra says so (501)
         raise APIError(404, f"agent '{name}' not found")
     return json_response(_info(svc, agent_name(svc, name)))
 
@@ -117,12 +111,9 @@ async def show_agent(request: Request, name: str) -> Response:
 @delete("/api/agents/{name:str}", status_code=200)
 async def delete_agent(request: Request, name: str) -> Response:
     svc = services(request)
-    await service_call(_delete(svc, name))
+    with service_errors():
+        svc.agents.delete(name)
     return Response(content=b"", status_code=200)
-
-
-async def _delete(svc: Services, name: str) -> None:
-    svc.agents.delete(name)
 
 
 def _is_model(svc: Services, name: str) -> bool:

@@ -3,7 +3,8 @@ with the service's errors mapped to statuses in one place (`errors.raise_for`)."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from litestar import Request, Response
@@ -16,12 +17,19 @@ from .wire import first_item, json_response, ndjson, until_complete
 T = TypeVar("T")
 
 
-async def service_call(work: Awaitable[T]) -> T:
-    """Await a service call, its errors as the API's (status, message)."""
+@contextlib.contextmanager
+def service_errors() -> Iterator[None]:
+    """The service's errors raised inside, as the API's (status, message)."""
     try:
-        return await work
+        yield
     except Exception as exc:
         raise_for(exc)
+
+
+async def service_call(work: Awaitable[T]) -> T:
+    """Await a service call, its errors as the API's (status, message)."""
+    with service_errors():
+        return await work
 
 
 async def respond(request: Request, it: AsyncIterator[Any], *, stream: bool,
