@@ -19,7 +19,7 @@ fi
 "$py" -m pip install -q --upgrade pip
 # PyTorch is pinned and installed first where an extra needs it: an open range would pull CUDA wheels.
 case ",$extras," in
-  *,imaging,*|*,adapters,*|*,all,*) "$py" -m pip install -q "torch==2.13.0" ;;
+  *,imaging,*|*,adapters,*|*,retrieval,*|*,all,*|*,test,*) "$py" -m pip install -q "torch==2.13.0" ;;
 esac
 # llama-cpp-python is an sdist: installing it compiles llama.cpp (about 4 minutes on 2 cores, CPU).
 # Built wheels are kept per llama-cpp-python version and build flags, so a CPU and a CUDA build never
