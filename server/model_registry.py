@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 import msgspec
 
-from . import __version__
+from . import OLLAMA_API_VERSION, __version__
 from .store import manifest as mf
 from .store.names import ModelName
 from .store.store import DigestMismatch, InvalidDigest, Store, parse_digest
@@ -47,7 +47,21 @@ MAX_MANIFEST = 16 << 20
 SAVE_EVERY = 16 << 20  # persist a download's progress this often (bytes)
 PROGRESS_EVERY = 0.2  # seconds between progress objects while bytes flow
 CHUNK = 1 << 20
-USER_AGENT = f"ollama/{__version__} (corral)"
+
+
+def _user_agent() -> str:
+    """Ollama's registry User-Agent, `ollama/<version> (<GOARCH> <GOOS>) Go/<go version>` (server/images.go),
+    with the Ollama API version Corral implements and Corral's own product token where Go's would be."""
+    import platform
+    import sys
+
+    machine = platform.machine().lower()
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "i386": "386", "i686": "386"}.get(machine, machine or "unknown")
+    goos = {"win32": "windows", "cygwin": "windows"}.get(sys.platform, sys.platform)
+    return f"ollama/{OLLAMA_API_VERSION} ({arch} {goos}) corral/{__version__}"
+
+
+USER_AGENT = _user_agent()
 
 
 class RegistryError(Exception):

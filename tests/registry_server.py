@@ -14,7 +14,8 @@ Fault switches:
     reg.drop[digest] = (times, after_bytes)  drop the connection after `after_bytes` of a GET, `times` times
     reg.corrupt.add(digest)                  serve the blob with one byte flipped
     reg.hidden.add("ns/model:tag")           answer 404 for that manifest
-Every request is recorded in `reg.log` (method, path, range header, status, body bytes sent).
+Every request is recorded in `reg.log` (method, path, range header, status, body bytes sent,
+User-Agent).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class LogEntry:
     range: str | None
     status: int = 0
     sent: int = 0
+    user_agent: str | None = None
 
 
 class RegistryServer:
@@ -154,7 +156,8 @@ class _Handler(BaseHTTPRequestHandler):
     # ---- helpers ---------------------------------------------------------------------------
 
     def _entry(self) -> LogEntry:
-        entry = LogEntry(self.command, urlsplit(self.path).path, self.headers.get("Range"))
+        entry = LogEntry(self.command, urlsplit(self.path).path, self.headers.get("Range"),
+                         user_agent=self.headers.get("User-Agent"))
         self.reg.log.append(entry)
         return entry
 

@@ -200,3 +200,17 @@ def test_cp_and_rm(cli, flow_model):
 def test_push_checks_sign_in_first(cli, flow_model):
     hello(cli)
     assert cli.post("/api/me").status_code == 401
+
+
+def test_pull_sends_ollama_user_agent(cli, registry):
+    """The registry sees Ollama's User-Agent shape (server/images.go: `ollama/<version> (<GOARCH> <GOOS>)
+    Go/<go version>`), with the Ollama API version /api/version reports and Corral's token after it."""
+    hello(cli)
+    version = cli.get("/api/version").json()["version"]
+    before = len(registry.log)
+    pull(cli, f"{registry.host}/library/tiny")
+    agents = {e.user_agent for e in registry.log[before:]}
+    assert len(agents) == 1, agents
+    (agent,) = agents
+    assert re.fullmatch(rf"ollama/{re.escape(version)} \((amd64|arm64|\w+) (linux|darwin|windows|\w+)\) "
+                        r"corral/\d+\.\d+\.\d+\S*", agent), agent
