@@ -23,28 +23,50 @@ case ",$extras," in
 esac
 # llama-cpp-python is an sdist: installing it compiles llama.cpp (about 4 minutes on 2 cores, CPU).
 # Built wheels are kept per llama-cpp-python version and build flags, so a CPU and a CUDA build never
-# stand in for each other. -DGGML_LLAMAFILE=OFF: matrix kernels whose results do not depend on the
-# batch size, so a seeded request gives the same text alone and under load.
+# stand in for each other. Two builds of llama.cpp are installed:
+# - the fast one, with llama.cpp's default kernels (llamafile's matrix kernels on), is the package;
+# - the exact one, -DGGML_LLAMAFILE=OFF (matrix kernels whose results do not depend on the batch size),
+#   only its libraries, in $prefix/lib/corral-llama-exact: CORRAL_DETERMINISTIC=1 loads it instead
+#   (server/engine/__init__.py sets LLAMA_CPP_LIB_PATH before llama_cpp is imported).
 llama_version=0.3.36
-cmake_args="${CMAKE_ARGS:--DGGML_NATIVE=ON} -DGGML_LLAMAFILE=OFF"
+base_args="${CMAKE_ARGS:--DGGML_NATIVE=ON}"
 # A native build on a CPU with AMX compiles ggml's AMX kernels, and on the development and CI machines
 # (Sapphire Rapids under a VM) their first `tilezero` dies with SIGILL in llama_decode. Keep them out:
 # -march=native's AMX flags are overridden by these explicit ones (GGML_AMX_* only act without NATIVE).
+no_amx=""
 native_flags=$(${CC:-cc} -march=native -Q --help=target 2>/dev/null || true)
 if [ "$(uname -m)" = x86_64 ] && [ -z "${CMAKE_ARGS:-}" ] && grep -q -- '-mamx-tile .*\[enabled\]' <<<"$native_flags"; then
-  cmake_args="$cmake_args -DCMAKE_C_FLAGS=-mno-amx-tile\ -mno-amx-int8\ -mno-amx-bf16 -DCMAKE_CXX_FLAGS=-mno-amx-tile\ -mno-amx-int8\ -mno-amx-bf16"
+  no_amx=" -DCMAKE_C_FLAGS=-mno-amx-tile\ -mno-amx-int8\ -mno-amx-bf16 -DCMAKE_CXX_FLAGS=-mno-amx-tile\ -mno-amx-int8\ -mno-amx-bf16"
 fi
-key=$(printf '%s' "$llama_version $cmake_args" | sha256sum | cut -c1-16)
-wheels="${CORRAL_WHEEL_CACHE:-$HOME/.cache/corral/wheels}/$key"
-if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-  echo "building llama-cpp-python $llama_version with CMAKE_ARGS='$cmake_args' (a few minutes)"
-  CMAKE_ARGS="$cmake_args" "$py" -m pip wheel -q --no-deps --no-cache-dir "llama-cpp-python==$llama_version" -w "$wheels"
-fi
-stamp="$("$py" -c 'import sys; print(sys.prefix)')/.corral-llama-build"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$key" ]; then
-  "$py" -m pip install -q --force-reinstall --no-deps "$wheels"/llama_cpp_python-*.whl
-  "$py" -m pip install -q "$wheels"/llama_cpp_python-*.whl  # its own dependencies
-  echo "$key" > "$stamp"
+build_wheel() {  # build_wheel CMAKE_ARGS: prints the folder holding the wheel built with them
+  local key wheels
+  key=$(printf '%s' "$llama_version $1" | sha256sum | cut -c1-16)
+  wheels="${CORRAL_WHEEL_CACHE:-$HOME/.cache/corral/wheels}/$key"
+  if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    echo "building llama-cpp-python $llama_version with CMAKE_ARGS='$1' (a few minutes)" >&2
+    CMAKE_ARGS="$1" "$py" -m pip wheel -q --no-deps --no-cache-dir "llama-cpp-python==$llama_version" -w "$wheels" >&2
+  fi
+  echo "$wheels"
+}
+fast=$(build_wheel "$base_args$no_amx")
+exact=$(build_wheel "$base_args -DGGML_LLAMAFILE=OFF$no_amx")
+prefix="$("$py" -c 'import sys; print(sys.prefix)')"
+stamp="$prefix/.corral-llama-build"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$fast $exact" ]; then
+  "$py" -m pip install -q --force-reinstall --no-deps "$fast"/llama_cpp_python-*.whl
+  "$py" -m pip install -q "$fast"/llama_cpp_python-*.whl  # its own dependencies
+  rm -rf "$prefix/lib/corral-llama-exact" && mkdir -p "$prefix/lib/corral-llama-exact"
+  "$py" - "$exact" "$prefix/lib/corral-llama-exact" <<'PY'
+import glob, os, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "llama_cpp_python-*.whl"))[0]
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith("llama_cpp/lib/") and not name.endswith("/"):
+            target = os.path.join(sys.argv[2], os.path.basename(name))
+            with z.open(name) as src, open(target, "wb") as dst:
+                dst.write(src.read())
+PY
+  echo "$fast $exact" > "$stamp"
 fi
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"

@@ -115,6 +115,14 @@ def log_backends() -> None:
     for line in describe_backends():
         log.info("device %s", line)
     log.info("GPU offload: %s", "available" if supports_gpu() else "not available (CPU only)")
+    from . import loaded_build
+
+    build = loaded_build()
+    log.info("llama.cpp build: %s", {"default": "default kernels (llamafile on)",
+                                      "exact": "exact kernels (llamafile off, for deterministic mode)"}.get(build, build))
+    if build == "default" and os.environ.get("CORRAL_DETERMINISTIC", "").strip().lower() in ("1", "true", "yes", "on"):
+        log.warning("deterministic mode without the exact llama.cpp build (install with scripts/install.sh): "
+                    "llamafile's kernels may still change numbers with the batch")
 
 
 def default_threads() -> int:
