@@ -12,7 +12,9 @@ from litestar.exceptions import HTTPException, NotFoundException
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
-from .api import agents, langgraph, llamacpp, metrics, models, ollama, openai, openapi, tools
+from .api import adapters, agents, langgraph, llamacpp, metrics, models, ollama, openai, openapi, tools
+from .api import collections, images, rerank
+from .api import classify, train
 from .api.mcp import mcp_endpoint
 from .api.wire import APIError, error
 from .config import Settings
@@ -170,7 +172,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     app = Litestar(
         route_handlers=[*ollama.ROUTES, *metrics.ROUTES, *models.ROUTES, *openai.ROUTES, *llamacpp.ROUTES,
-                        *tools.ROUTES, *openapi.ROUTES, *langgraph.ROUTES, *agents.ROUTES, mcp_route],
+                        *tools.ROUTES, *openapi.ROUTES, *langgraph.ROUTES, *agents.ROUTES, *adapters.ROUTES, mcp_route,
+                        *collections.ROUTES, *rerank.ROUTES, *images.ROUTES, *train.ROUTES, *classify.ROUTES],
         middleware=[cors_and_host(settings)],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
         on_startup=[startup],

@@ -102,6 +102,10 @@ def create(args: argparse.Namespace) -> None:
         print(f"Error: {message}", file=sys.stderr)
         sys.exit(1)
 
+    if getattr(args, "diffusers", None) or getattr(args, "diffusers_lora", None):
+        from .imaging.cli import create_image_model  # a diffusion pipeline or a LoRA for one
+
+        return create_image_model(args, server_url())
     path = Path(args.file).expanduser()
     try:
         parsed = modelfile.parse(path.read_text())
@@ -161,7 +165,16 @@ def create(args: argparse.Namespace) -> None:
             request["from"] = ref
         for file in found or []:
             files[file.name] = upload(file)
-    for ref in parsed.adapters:
+    for i, ref in enumerate(parsed.adapters):
+        folder = path.parent / Path(ref).expanduser()  # relative to the Modelfile; an absolute path stays
+        if (folder / "adapter_config.json").is_file():
+            # a PEFT folder: its safetensors and JSON files, as Ollama's CLI sends them (the server converts
+            # it); each of several folders under a directory of its own, so that their files stay apart
+            found = sorted(p.resolve() for p in [*folder.glob("*.safetensors"), *folder.glob("*.json")] if p.is_file())
+            prefix = f"adapter{i}/" if len(parsed.adapters) > 1 else ""
+            for file in found:
+                adapters[prefix + file.name] = upload(file)
+            continue
         found = local_files(ref)
         if found is None:
             fail(f"adapter file not found: {ref}")
@@ -253,12 +266,25 @@ def main(argv: list[str] | None = None) -> None:
     create_parser.add_argument("name")
     create_parser.add_argument("-f", "--file", default="Modelfile", help="the Modelfile (default ./Modelfile)")
     create_parser.add_argument("-q", "--quantize", default="", help="quantize the model: q4_K_M or q8_0")
+    create_parser.add_argument("--diffusers", metavar="DIR", help="an image model from a diffusers folder, a cached "
+                               "Hugging Face repository or a single-file .safetensors checkpoint")
+    create_parser.add_argument("--config", metavar="DIR", help="with a single-file checkpoint: a diffusers folder "
+                               "of the same architecture (its configs)")
+    create_parser.add_argument("--diffusers-lora", metavar="FILE", action="append",
+                               help="a LoRA (.safetensors) for the image model --from (repeatable)")
+    create_parser.add_argument("--from", dest="from_", metavar="MODEL", help="the image model a LoRA is for")
     create_parser.set_defaults(func=create)
     agent_parser = sub.add_parser("agent", help="manage agents: create NAME -f FILE, list, rm NAME")
     agent_parser.add_argument("action", choices=["create", "list", "rm"])
     agent_parser.add_argument("name", nargs="?")
     agent_parser.add_argument("-f", "--file", default="agent.json", help="the agent definition (JSON)")
     agent_parser.set_defaults(func=agent)
+    from .retrieval.cli import add_parsers as add_retrieval_parsers  # `collection …`, `export-onnx`
+
+    add_retrieval_parsers(sub)
+    from adapters.training.cli import add_parsers as add_training_parsers  # `train …`
+
+    add_training_parsers(sub)
     args = parser.parse_args(argv)
     if getattr(args, "action", None) in ("create", "rm") and not args.name:
         parser.error(f"agent {args.action} needs a NAME")

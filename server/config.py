@@ -122,6 +122,9 @@ class Settings:
     embed_default_model: bool = True
     prefix_cache: bool = True
     deterministic: bool = False  # same text for a seeded request alone or under load (CPU)
+    # a seeded request is computed as on an idle server (no reused cells, decode steps of its own), so
+    # its text repeats alone and under load; off: seeded requests batch like the others
+    seed_reproducible: bool = True
     backend_sampling: str = "auto"  # auto: where layers are offloaded to a GPU; "1" / "0" force it
     data_dir: Path = field(default_factory=lambda: Path.home() / ".corral")  # artifacts, databases, config
     mcp_config: Path | None = None  # outside MCP servers whose tools are imported; None: data_dir/mcp.json
@@ -132,6 +135,8 @@ class Settings:
     keepalive_timeout: float = 30.0  # seconds an idle keep-alive connection stays open
     max_connections: int = 2048  # connections and requests served at once; beyond, a 503
     database_url: str = ""  # PostgreSQL (postgresql://…) for agent threads and other state; "": SQLite in data_dir
+    image_batch: int = 4  # images one denoising run may hold (requests with the same settings batched)
+    train_threads: int = 0  # PyTorch threads for training jobs; 0: half the cores
 
     @property
     def mcp_config_path(self) -> Path:
@@ -164,6 +169,7 @@ class Settings:
             embed_default_model=not _bool("CORRAL_NO_DEFAULT_MODEL"),
             prefix_cache=_bool("CORRAL_PREFIX_CACHE", True),
             deterministic=_bool("CORRAL_DETERMINISTIC"),
+            seed_reproducible=_bool("CORRAL_SEED_REPRODUCIBLE", True),
             backend_sampling=os.environ.get("CORRAL_BACKEND_SAMPLING", "auto").strip().lower() or "auto",
             data_dir=_path("CORRAL_DATA_DIR") or Path.home() / ".corral",
             mcp_config=_path("CORRAL_MCP_CONFIG"),
@@ -174,4 +180,6 @@ class Settings:
             body_timeout=parse_duration(os.environ.get("CORRAL_BODY_TIMEOUT"), 60.0),
             keepalive_timeout=parse_duration(os.environ.get("CORRAL_KEEPALIVE_TIMEOUT"), 30.0),
             max_connections=max(1, _int("CORRAL_MAX_CONNECTIONS", 2048)),
+            image_batch=max(1, _int("CORRAL_IMAGE_BATCH", 4)),
+            train_threads=max(0, _int("CORRAL_TRAIN_THREADS", 0)),
         )

@@ -41,6 +41,7 @@ from .store.gguf import FILE_TYPES, GGUFError, GGUFInfo, read_info
 from .store.names import InvalidName, ModelName
 from .store.register import format_count
 from .store.store import InvalidDigest, Store, parse_digest
+from adapters import intake as adapter_intake
 
 # quantize names (case-insensitive) → (llama_ftype, name Ollama prints)
 QUANT_TYPES = {"q4_k_m": (15, "Q4_K_M"), "q8_0": (7, "Q8_0")}
@@ -323,6 +324,7 @@ async def plan(store: Store, req: CreateSpec) -> Plan:
         media = _media_type(info)
         src = Source(relpath, digest, store.blob_path(digest).stat().st_size, info, media)
         (p.adapters if media == mf.ADAPTER else p.sources).append(src)
+    peft_adapters, resolved_adapters = adapter_intake.split_peft(resolved_adapters, store.blob_path)
     for relpath, digest in sorted(resolved_adapters.items()):
         info = await asyncio.to_thread(inspect_gguf, store.blob_path(digest), relpath)
         p.adapters.append(Source(relpath, digest, store.blob_path(digest).stat().st_size, info, mf.ADAPTER))
@@ -338,7 +340,25 @@ async def plan(store: Store, req: CreateSpec) -> Plan:
         current = _model_file_type(store, p)
         if current not in QUANTIZABLE:
             raise CreateError(f"quantization is only supported for F16 and F32 models, this one is {current or 'unknown'}")
+    if p.adapters or peft_adapters:  # every adapter fits the model; PEFT folders become GGUF LoRAs (last: they import)
+        converted = await asyncio.to_thread(
+            adapter_intake.settle, store.blobs, lambda tmp: store.import_file(tmp, None, True).digest,
+            store.blob_path, [(s.relpath, s.digest) for s in p.adapters], peft_adapters, _model_path(store, p))
+        for relpath, digest in converted:
+            info = await asyncio.to_thread(inspect_gguf, store.blob_path(digest), relpath)
+            p.adapters.append(Source(relpath, digest, store.blob_path(digest).stat().st_size, info, mf.ADAPTER))
     return p
+
+
+def _model_path(store: Store, p: Plan) -> Path:
+    """The blob of the new model's weights (from `files`, else the base model's)."""
+    for src in p.sources:
+        if src.media_type == mf.MODEL:
+            return store.blob_path(src.digest)
+    layer = p.base.manifest.layer(mf.MODEL) if p.base is not None else None
+    if layer is None:
+        raise CreateError("adapters need a model to apply to: the base has no model layer")
+    return store.blob_path(layer.digest)
 
 
 def _locate(store: Store, ref: str, base_dir: Path | None) -> str | Path | None:
@@ -389,6 +409,12 @@ def _model_file_type(store: Store, p: Plan) -> str:
 
 async def create(store: Store, req: CreateSpec, *, threads: int | None = None) -> AsyncIterator[dict]:
     """Validate (before the first item: errors get a status), then build and yield Ollama's progress."""
+    from .imaging import store as image_store  # diffusion pipelines and their LoRAs (no heavy imports)
+
+    if not req.modelfile and image_store.handles(store, req.files or {}, req.from_):
+        async for item in image_store.create(store, req.name, req.files, req.from_, req.adapters, req.parameters):
+            yield item
+        return
     p = await plan(store, req)
     # the blobs the new model is made of stay, whatever a concurrent delete removes
     digests = [s.digest for s in p.sources + p.adapters]

@@ -17,12 +17,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from adapters.catalog import AdapterCatalog
+
 from .config import Settings, parse_duration
 from .errors import BadRequest, EngineError, NotFound
 from .engine.embedder import Embedder, normalize
 from .engine.llama import default_threads
 from .engine.memory import InsufficientMemory
-from .engine.job import Done, Failed, Job, Piece, TokenLogprob
+from .engine.job import AdapterSet, Done, Failed, Job, Piece, TokenLogprob
 from .grammar import TOOL_CALL_STYLES, SchemaError, json_grammar, schema_grammar, tool_call_grammar
 from .engine.runner import ContextLengthError
 from .toolcalls import detect_format
@@ -157,13 +159,16 @@ class Prepared:
     options: Options
     runner_options: RunnerOptions
     keep_alive: float | None
+    adapters: AdapterSet = ()  # the model's own LoRA adapters and those the request names
 
 
 class Inference:
-    def __init__(self, settings: Settings, store: Store, scheduler: Scheduler):
+    def __init__(self, settings: Settings, store: Store, scheduler: Scheduler, adapters: AdapterCatalog | None = None):
         self.settings = settings
         self.store = store
         self.scheduler = scheduler
+        self.adapters = adapters or AdapterCatalog(store)
+        self.retrieval = None  # server/retrieval's service, set by build_services: ONNX embedders, grounded chat
 
     # ---- lookup ------------------------------------------------------------------------
 
@@ -184,9 +189,9 @@ class Inference:
         except ValueError as exc:
             raise BadRequest(str(exc)) from exc
 
-    def _prepare(self, model: Model, options: dict | None, keep_alive: Any) -> Prepared:
-        if model.adapter_paths:
-            raise BadRequest(f"model '{model.name}' has a LoRA adapter; applying adapters is not supported yet")
+    def prepare(self, model: Model, options: dict | None, keep_alive: Any) -> Prepared:
+        """The request's options, runner options, keep_alive and adapter set, checked against its model."""
+        adapters = self.adapters.request_set(model, (options or {}).get("adapters"))
         try:
             opts = parse_options(model.parameters, options)
         except OptionError as exc:
@@ -198,7 +203,8 @@ class Inference:
             num_ctx = trained
         runner = RunnerOptions(num_ctx=num_ctx, num_gpu=opts.num_gpu, num_batch=min(opts.num_batch, num_ctx),
                                num_thread=_threads(opts.num_thread))
-        return Prepared(model=model, options=opts, runner_options=runner, keep_alive=self.keep_alive(keep_alive))
+        return Prepared(model=model, options=opts, runner_options=runner, keep_alive=self.keep_alive(keep_alive),
+                        adapters=adapters)
 
     def capabilities(self, model: Model) -> list[str]:
         try:
@@ -215,7 +221,7 @@ class Inference:
     async def load(self, name: str, options: dict | None = None, keep_alive: Any = None) -> Final:
         """The empty-prompt form: load (or unload with keep_alive 0) and report."""
         model = self.model(name)
-        prep = self._prepare(model, options, keep_alive)
+        prep = self.prepare(model, options, keep_alive)
         if prep.keep_alive == 0:
             await self.scheduler.unload(model.digest)
             return Final(done_reason="unload")
@@ -321,7 +327,7 @@ class Inference:
         model = self.model(params.model)
         self._validate_generate(params, model)
         if params.suffix and not params.raw and not self._uses_go_fim(params, model):
-            prep = self._prepare(model, params.options, params.keep_alive)
+            prep = self.prepare(model, params.options, params.keep_alive)
             async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
                 tokens = await _in_thread(self._fim_tokens, loaded, params.prompt, params.suffix)
                 return loaded.llama.detokenize(tokens or [], special=True)
@@ -331,7 +337,7 @@ class Inference:
         """Stream a completion (see `chat` on closing it; `generate_once` is the one-shot form)."""
         model = self.model(params.model)
         self._validate_generate(params, model)
-        prep = self._prepare(model, params.options, params.keep_alive)
+        prep = self.prepare(model, params.options, params.keep_alive)
         grammar = self._grammar(params.format)
         start = time.perf_counter_ns()
         async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
@@ -378,10 +384,14 @@ class Inference:
     async def chat(self, params: ChatParams) -> AsyncIterator[Delta | Final]:
         """Stream a chat's answer. Close the iterator (or run it to its end): an iterator left open holds
         its sequence until it is collected. `chat_once` does both for a caller that wants the whole answer."""
+        if self.retrieval is not None and isinstance(params.options, dict) and params.options.get("collections"):
+            async for item in self.retrieval.grounded_chat(params):  # answered from collections, citing them
+                yield item
+            return
         params = _plain(params)
         model = self.model(params.model)
         self._validate_chat(params, model)
-        prep = self._prepare(model, params.options, params.keep_alive)
+        prep = self.prepare(model, params.options, params.keep_alive)
         choice = _choice(params.tool_choice)
         tools = params.tools if choice != "none" else None
         template_text = model.template or model.chat_template or ""
@@ -445,7 +455,7 @@ class Inference:
         """llama-server's /infill: repo-level context files, then prefix/suffix/middle in PSM order."""
         model = self.model(name)
         self._require(model, "insert", f"{model.entry.name.full} does not support insert")
-        prep = self._prepare(model, options, keep_alive)
+        prep = self.prepare(model, options, keep_alive)
         start = time.perf_counter_ns()
         async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
             load_ns = time.perf_counter_ns() - start
@@ -535,6 +545,10 @@ class Inference:
             logprobs=params.top_logprobs if params.logprobs else -1,
             ignore_eos=prep.options.ignore_eos,
             stop_tokens=stop_tokens,
+            adapters=prep.adapters,
+            # batch-invariant kernels (deterministic mode) make every batch exact; otherwise a seed asks
+            # for the numbers of an idle server
+            alone=sampling.seed >= 0 and self.settings.seed_reproducible and not self.settings.deterministic,
         )
 
     def _grammar(self, fmt: Any) -> str | None:
@@ -604,8 +618,13 @@ class Inference:
             raise BadRequest(f"too many inputs: {len(inputs)}; at most {MAX_EMBED_INPUTS} in one request")
         if dimensions is not None and dimensions < 1:
             raise BadRequest("dimensions must be greater than zero")
+        if self.retrieval is not None and self.retrieval.handles(name):  # an ONNX model (all-minilm)
+            return await self.retrieval.embed_api(name, inputs, truncate=truncate, normalized=normalized,
+                                                  dimensions=dimensions)
         model = self.model(name)
-        prep = self._prepare(model, options, keep_alive)
+        prep = self.prepare(model, options, keep_alive)
+        if prep.adapters:  # the embedding context computes with the base weights alone
+            raise BadRequest(f"model '{model.name}' applies LoRA adapters; embeddings with adapters are not supported")
         start = time.perf_counter_ns()
         async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
             load_ns = time.perf_counter_ns() - start

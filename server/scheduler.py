@@ -2,6 +2,11 @@
 
 The scheduler hands out a `Loaded` model for the length of one request (`async with
 scheduler.use(...)`); when the last request on it ends, its keep_alive timer starts.
+
+Models that share a base GGUF (a model and its LoRA variants: FROM the same weights, ADAPTER layers
+of their own) share one loaded base: each is listed and expires on its own, but they hold one
+`SharedBase` (weights and runner), whose memory is counted once, in the plan of the model that
+accounts for it (`SharedBase.owner`); each variant's plan counts only its adapters.
 """
 
 from __future__ import annotations
@@ -50,6 +55,24 @@ class RunnerOptions:
     num_thread: int = 0
 
 
+@dataclass(eq=False)
+class SharedBase:
+    """Weights and runner that several loaded models use; closed with the last of them."""
+
+    llama: LlamaModel
+    runner: Runner
+    plan: Plan  # the weights, KV cache and buffers
+    holders: int = 1
+    owner: "Loaded | None" = None  # the holder whose plan counts `plan`
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def release(self) -> bool:
+        """One holder less; True when it was the last (then the caller closes the base)."""
+        with self._lock:
+            self.holders -= 1
+            return self.holders == 0
+
+
 @dataclass
 class Loaded:
     model: Model
@@ -63,6 +86,7 @@ class Loaded:
     users: int = 0
     plan: Plan = field(default_factory=lambda: Plan(0, 0, 0))
     embedder: Embedder | None = None
+    base: SharedBase | None = None  # set by the scheduler
     timer: asyncio.TimerHandle | None = None
     busy_since: float = 0.0  # monotonic time the first of the current users arrived
     busy_seconds: float = 0.0  # time with at least one user, earlier spans (for the metrics)
@@ -78,12 +102,22 @@ class Loaded:
 
     @property
     def size(self) -> int:
-        """Weights, KV cache and compute buffers, in bytes (the planner's estimate)."""
-        return self.plan.gpu_bytes + self.plan.cpu_bytes
+        """Weights, KV cache and compute buffers, in bytes (the planner's estimate), a shared base's too."""
+        return self.size_vram + self.plan.cpu_bytes + (self._base_share().cpu_bytes)
 
     @property
     def size_vram(self) -> int:
-        return self.plan.gpu_bytes
+        return self.plan.gpu_bytes + self._base_share().gpu_bytes
+
+    def _base_share(self) -> Plan:
+        """The shared base's memory when another model's plan counts it (nothing otherwise)."""
+        if self.base is None or self.base.owner is self:
+            return Plan(0, 0, 0)
+        return self.base.plan
+
+    @property
+    def adapters(self) -> list[str]:
+        return [str(p) for p in self.model.adapter_paths]
 
     def embedder_for(self, n_threads: int, free: tuple[int, int] | None = None) -> Embedder:
         """The embedding context, created by the first caller (worker threads may ask at once).
@@ -118,10 +152,14 @@ class Loaded:
             if self._closed:
                 return
             self._closed = True
-        self.runner.close()
         if self.embedder is not None:
             self.embedder.close()  # waits for an embedding under way
-        self.llama.close()
+        if self.base is None or self.base.release():
+            self.runner.close()
+            self.llama.close()
+        else:  # others still use the base: free only what this model alone loaded
+            for path in self.adapters:
+                self.runner.drop_adapter(path)
 
 
 class Scheduler:
@@ -143,6 +181,10 @@ class Scheduler:
         # loads and closes run here, not in the event loop's default executor, which other work
         # (tokenizing, embeddings) can fill up
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="corral-load")
+        # loaders of models llama.cpp does not serve (server/imaging/ adds diffusion pipelines): each has
+        # serves(model), plan(model, options, gpu_free=, ram_free=) -> Plan (InsufficientMemory when it does
+        # not fit) and load(model, options, plan) -> Loaded; the keep_alive, LRU and memory rules stay these
+        self.loaders: list = []
 
     # ---- requests ----------------------------------------------------------------------
 
@@ -255,8 +297,46 @@ class Scheduler:
                 loaded.timer.cancel()
                 loaded.timer = None
             loaded.expires_at = 0
+            self._hand_over(loaded)
             loaded.closing = self._in_executor(loaded.close)
         await asyncio.shield(loaded.closing)
+
+    def _hand_over(self, leaving: Loaded) -> None:
+        """A model that accounts for a shared base is going while others still use the base: one of
+        them accounts for it from now on."""
+        base = leaving.base
+        if base is None or base.owner is not leaving:
+            return
+        others = [l for l in self.loaded.values() if l.base is base and l is not leaving and l.closing is None]
+        if not others:
+            return
+        heir = others[0]
+        heir.plan = Plan(heir.plan.gpu_layers, heir.plan.gpu_bytes + base.plan.gpu_bytes,
+                         heir.plan.cpu_bytes + base.plan.cpu_bytes)
+        leaving.plan = Plan(leaving.plan.gpu_layers, max(0, leaving.plan.gpu_bytes - base.plan.gpu_bytes),
+                            max(0, leaving.plan.cpu_bytes - base.plan.cpu_bytes))
+        base.owner = heir
+
+    def _sharable(self, model: Model, options: RunnerOptions) -> Loaded | None:
+        """A loaded model on the same base weights with the same runner options, if any."""
+        path = model.model_path
+        for other in self.loaded.values():
+            if other.base is not None and other.closing is None and other.options == options \
+                    and other.model.model_path == path:
+                return other
+        return None
+
+    def _share(self, model: Model, options: RunnerOptions, other: Loaded) -> Loaded:
+        """`model` on the base `other` holds: only its adapters are new memory."""
+        base = other.base
+        with base._lock:
+            base.holders += 1
+        adapter_bytes = sum(p.stat().st_size for p in model.adapter_paths if p.is_file())
+        on_gpu = base.plan.gpu_layers > 0
+        own = Plan(base.plan.gpu_layers, adapter_bytes if on_gpu else 0, 0 if on_gpu else adapter_bytes)
+        log.info("%s shares the loaded base of %s (adapters: %d bytes)", model.name, other.name, adapter_bytes)
+        return Loaded(model=model, options=options, llama=base.llama, runner=base.runner,
+                      keep_alive=self.settings.keep_alive, plan=own, base=base)
 
     async def _acquire(self, model: Model, options: RunnerOptions, keep_alive: float) -> Loaded:
         """The model loaded with these options, loading it first when needed.
@@ -295,6 +375,11 @@ class Scheduler:
             async with self._load_lock:
                 if gone.is_set():
                     return None, False
+                other = self._sharable(model, options)
+                if other is not None:
+                    loaded = self._share(model, options, other)
+                    self.loaded[model.digest] = loaded
+                    return loaded, True
                 await self._make_room()
                 placement = await self._place(model, options)
                 loaded = await self._load_in_thread(model, options, placement)
@@ -346,8 +431,14 @@ class Scheduler:
         except RuntimeError:  # the scheduler is closed: the process is ending, and its memory with it
             pass
 
+    def _loader_for(self, model: Model):
+        return next((x for x in self.loaders if x.serves(model)), None)
+
     async def _place(self, model: Model, options: RunnerOptions) -> Plan:
         """Plan where the model goes; unload idle models (least recently used first) until it fits."""
+        other = self._loader_for(model)
+        if other is not None:
+            return await self._place_other(other, model, options)
         path = model.model_path
         if path is None or not path.is_file():
             raise ModelLoadError(f"model '{model.name}' has no model file")
@@ -371,6 +462,17 @@ class Scheduler:
                 log.info("unloading %s to make room for %s", victim.name, model.name)
                 await self._evict(victim)
 
+    async def _place_other(self, other, model: Model, options: RunnerOptions) -> Plan:
+        while True:
+            gpu_free, ram_free = self.free_memory()
+            try:
+                return other.plan(model, options, gpu_free=gpu_free, ram_free=ram_free)
+            except InsufficientMemory as exc:
+                idle = [l for l in self.loaded.values() if l.users == 0]
+                if not idle:
+                    raise ModelLoadError(str(exc)) from exc
+                await self._evict(min(idle, key=lambda l: l.last_used))
+
     async def _wait_idle(self, loaded: Loaded) -> None:
         while loaded.users > 0:
             await asyncio.sleep(0.05)
@@ -392,6 +494,9 @@ class Scheduler:
         return choice in ("1", "true", "on", "yes")
 
     def _load(self, model: Model, options: RunnerOptions, placement: Plan) -> Loaded:
+        other = self._loader_for(model)
+        if other is not None:
+            return other.load(model, options, placement)
         path = model.model_path
         try:
             info = read_info(str(path))  # a clear error for files that are not GGUF models, before llama.cpp
@@ -421,5 +526,7 @@ class Scheduler:
             model.name, options.num_ctx, self.settings.num_parallel, llama.n_gpu_layers,
             placement.gpu_bytes / 2**30, placement.cpu_bytes / 2**30, runner.n_threads,
         )
-        return Loaded(model=model, options=options, llama=llama, runner=runner, keep_alive=self.settings.keep_alive,
-                      plan=placement)
+        loaded = Loaded(model=model, options=options, llama=llama, runner=runner, keep_alive=self.settings.keep_alive,
+                        plan=placement)
+        loaded.base = SharedBase(llama=llama, runner=runner, plan=placement, owner=loaded)
+        return loaded

@@ -1,7 +1,8 @@
 """The composition root: builds Corral's service objects once per process.
 
 Settings → Store → Scheduler → Inference → artifact store → tool registry (built-in tools, packages'
-entry points, outside MCP servers) → agents (agents/service.py; LangGraph is loaded only when installed).
+entry points, outside MCP servers) → agents (agents/service.py; LangGraph is loaded only when installed)
+→ training jobs and ONNX classifiers (adapters/training/, adapters/classifier.py; torch only when a job runs).
 The HTTP app, the MCP endpoint, agents and tools are all callers of these same objects; a script, a
 notebook or a test builds them the same way, without HTTP:
 
@@ -18,6 +19,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from adapters.catalog import AdapterCatalog
+from adapters.classifier import ClassifierService
+from adapters.training import TrainingService
 from agents.service import AgentService
 from tools import ArtifactStore, ToolRegistry, ToolResult
 from tools.builtin import BUILTIN_TOOLS
@@ -26,7 +30,9 @@ from tools.mcp_import import McpImports
 from tools.registry import OnProgress
 
 from .config import Settings
+from .imaging.service import ImageService
 from .inference import Inference
+from .retrieval.service import RetrievalService
 from .scheduler import Scheduler
 from .store.store import Store
 
@@ -42,7 +48,11 @@ class Services:
     artifacts: ArtifactStore
     tools: ToolRegistry
     mcp: McpImports = field(repr=False)
+    images: ImageService = field(default=None, repr=False)  # type: ignore[assignment]  # set by build_services
     agents: AgentService = field(default=None, repr=False)  # type: ignore[assignment]  # set by build_services
+    retrieval: RetrievalService = field(default=None, repr=False)  # type: ignore[assignment]  # collections, rerank
+    training: TrainingService = field(default=None, repr=False)  # type: ignore[assignment]  # training jobs
+    classifier: ClassifierService = field(default=None, repr=False)  # type: ignore[assignment]  # ONNX classifiers
     started: bool = False
 
     async def start(self) -> None:
@@ -59,12 +69,18 @@ class Services:
         await self.mcp.connect(self.tools)
         if self.agents is not None:
             await self.agents.start()
+        if self.training is not None:
+            await self.training.start()
 
     async def close(self) -> None:
+        if self.training is not None:
+            await self.training.close()
         if self.agents is not None:
             await self.agents.close()
         await self.mcp.close()
         await self.scheduler.close()
+        if self.retrieval is not None:
+            self.retrieval.close()
         self.started = False
 
     async def __aenter__(self) -> "Services":
@@ -82,7 +98,7 @@ def build_services(settings: Settings | None = None) -> Services:
     settings = settings or Settings.from_env()
     store = Store(settings.models_dir)
     scheduler = Scheduler(settings)
-    inference = Inference(settings, store, scheduler)
+    inference = Inference(settings, store, scheduler, AdapterCatalog(store))
     artifacts = ArtifactStore(settings.data_dir / "artifacts")
     tools = ToolRegistry(artifacts, default_timeout=settings.tool_timeout)
     tools.add_all(BUILTIN_TOOLS)
@@ -90,4 +106,8 @@ def build_services(settings: Settings | None = None) -> Services:
     services = Services(settings=settings, store=store, scheduler=scheduler, inference=inference,
                         artifacts=artifacts, tools=tools, mcp=McpImports(settings.mcp_config_path))
     services.agents = AgentService(services)
+    services.images = ImageService(settings, store, scheduler)
+    services.retrieval = inference.retrieval = RetrievalService(settings, store, inference)
+    services.training = TrainingService(settings, store)
+    services.classifier = ClassifierService(store, settings.num_threads)
     return services

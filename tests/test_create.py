@@ -349,7 +349,7 @@ def test_quantize_needs_an_unquantized_model(http):
 # ---- adapters ------------------------------------------------------------------------------
 
 
-def test_adapter_is_stored_shown_and_refused(http, tmp_path):
+def test_adapter_is_stored_shown_and_applied(http, tmp_path):
     from gguf import GGUFWriter
 
     path = tmp_path / "lora.gguf"
@@ -357,6 +357,10 @@ def test_adapter_is_stored_shown_and_refused(http, tmp_path):
     w.add_string("general.type", "adapter")
     w.add_string("adapter.type", "lora")
     w.add_float32("adapter.lora.alpha", 16.0)
+    import numpy as np  # a LoRA pair that fits tiny's 64×64 attn_q: adapters are checked against the model
+
+    w.add_tensor("blk.0.attn_q.weight.lora_a", np.full((4, 64), 0.01, np.float32))
+    w.add_tensor("blk.0.attn_q.weight.lora_b", np.full((64, 4), 0.01, np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -368,9 +372,11 @@ def test_adapter_is_stored_shown_and_refused(http, tmp_path):
     assert lines[-1] == {"status": "success"}
     show = http.post("/api/show", json={"model": "tiny-lora"}).json()
     assert "\nADAPTER " in show["modelfile"]
-    r = http.post("/api/generate", json={"model": "tiny-lora", "prompt": "x", "stream": False})
-    assert r.status_code == 400
-    assert r.json()["error"] == "model 'tiny-lora:latest' has a LoRA adapter; applying adapters is not supported yet"
+    # it runs with the adapter applied (tests/test_adapters_serving.py checks what the adapter changes)
+    r = http.post("/api/generate", json={"model": "tiny-lora", "prompt": "x", "stream": False,
+                                         "options": {"num_predict": 4}})
+    assert r.status_code == 200, r.text
+    assert r.json()["done"] and r.json()["eval_count"] >= 1
 
 
 # ---- `corral create -f` --------------------------------------------------------------------

@@ -9,6 +9,8 @@ from agents.errors import AgentsUnavailable
 from tools import ToolError, ToolFailed, ToolTimeout
 
 from ..errors import BadRequest, EngineError, NotFound
+from ..imaging import ImagingUnavailable
+from ..retrieval.errors import RetrievalUnavailable
 from ..scheduler import ModelLoadError, QueueFull
 from ..store.names import InvalidName
 from ..store.store import DigestMismatch, InvalidDigest, ModelNotFound, StoreError
@@ -22,7 +24,7 @@ def status_for(exc: BaseException) -> tuple[int, str]:
         return exc.status, exc.message
     if isinstance(exc, (NotFound, ModelNotFound)):
         return 404, str(exc)
-    if isinstance(exc, AgentsUnavailable):  # a BadRequest: checked first
+    if isinstance(exc, (AgentsUnavailable, RetrievalUnavailable, ImagingUnavailable)):  # BadRequests: checked first
         return 501, str(exc)
     if isinstance(exc, QueueFull):
         return 503, str(exc)

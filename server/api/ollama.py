@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from copy import copy as shallow_copy
 from typing import Any
 
 from litestar import Request, Response, delete, get, post, route
@@ -12,13 +12,13 @@ from litestar.response import Stream
 from .. import OLLAMA_API_VERSION, __version__, modelfile
 from ..config import FOREVER, MAX_DURATION
 from ..messages import Message, ToolCall
-from ..inference import Answer, ChatParams, Delta, Final, GenerateParams, Inference
+from ..inference import Answer, BadRequest, ChatParams, Delta, Final, GenerateParams, Inference
 from ..store.gguf import read_info
 from ..store.model import Model
-from . import agents
+from . import agents, images
 from . import types as t
 from .errors import raise_for
-from .flow import answer, service_call
+from .flow import answer, service_call, service_errors
 from .wire import APIError, decode, json_response, now, rfc3339, until_complete
 
 
@@ -87,9 +87,21 @@ def _load_response(model: str, final: Final, chat: bool) -> Response:
     return json_response(body)
 
 
+def _refuse_think_on_load(inference: Inference, req: t.GenerateRequest | t.ChatRequest) -> None:
+    """As Ollama: a load (not an unload) carrying think fails early on a model without thinking (the CLI's
+    loadOrUnloadModel sends think so that `ollama run --think` fails before the first prompt)."""
+    if req.think:
+        with service_errors():
+            if (inference.keep_alive(req.keep_alive) != 0
+                    and "thinking" not in inference.capabilities(inference.model(req.model))):
+                raise BadRequest(f'"{req.model}" does not support thinking')
+
+
 @post("/api/generate", status_code=200)
 async def generate(request: Request) -> Response | Stream:
     req = await decode(request, t.GenerateRequest)
+    if request.app.state.services.images.is_image_model(req.model):
+        return await images.ollama_generate(request, req)  # a diffusion pipeline (server/api/images.py)
     inference = services(request)
     params = GenerateParams(
         model=req.model, prompt=req.prompt, suffix=req.suffix, system=req.system or None,
@@ -103,6 +115,7 @@ async def generate(request: Request) -> Response | Stream:
         return json_response(t.DebugRenderResponse(model=req.model, created_at=now(),
                                                    _debug_info={"rendered_template": rendered}))
     if not req.prompt and not req.suffix and not req.images:
+        _refuse_think_on_load(inference, req)
         final = await service_call(inference.load(req.model, req.options, req.keep_alive))
         return _load_response(req.model, final, chat=False)
 
@@ -143,6 +156,7 @@ async def chat(request: Request) -> Response | Stream:
         return json_response(t.DebugRenderResponse(model=req.model, created_at=now(),
                                                    _debug_info={"rendered_template": rendered}))
     if not messages:
+        _refuse_think_on_load(inference, req)
         final = await service_call(inference.load(req.model, req.options, req.keep_alive))
         return _load_response(req.model, final, chat=True)
 
@@ -288,9 +302,18 @@ async def show(request: Request) -> Response:
         # FIM from vocabulary tokens: Continue and other editors look for .Suffix in the template
         template = (template or "{{ .Prompt }}") + "{{- if .Suffix }}{{ .Suffix }}{{ end }}"
     messages = [t.Message(role=m.get("role", "user"), content=m.get("content", "")) for m in model.messages]
+    shown = model
+    if req.system or req.options:
+        # as Ollama's GetModelInfo: the request's system replaces the model's, and its options are merged
+        # into the Modelfile (not into `parameters`); the interactive CLI's /show sends its session's
+        shown = shallow_copy(model)
+        if req.system:
+            shown.system = req.system
+        if req.options:
+            shown.parameters = {**model.parameters, **req.options}
     return json_response(
         t.ShowResponse(
-            modelfile=modelfile.render(model),
+            modelfile=modelfile.render(shown),
             parameters=modelfile.parameters_text(model.parameters),
             template=template,
             details=_details(model),
@@ -298,7 +321,7 @@ async def show(request: Request) -> Response:
             capabilities=model.capabilities(),
             modified_at=rfc3339(model.entry.modified),
             license="\n".join(model.license) or None,
-            system=model.system or None,
+            system=shown.system or None,
             messages=messages or None,
         )
     )

@@ -21,8 +21,11 @@ import msgspec
 from litestar import Request, Response, get
 
 from .. import __version__
+from . import image_types as it_
 from . import llamacpp
 from . import openai_types as o
+from . import retrieval_types as rt
+from . import training_types as tt
 from . import types as t
 from .wire import MAX_JSON_DEPTH
 
@@ -79,6 +82,12 @@ _CALL = [{"role": "user", "content": "Weather in Paris?"},
          {"role": "tool", "content": "sunny", "tool_name": "get_weather"}]
 
 OLLAMA, OPENAI, TOOLS, LLAMACPP, CORRAL, AGENTS = "Ollama", "OpenAI", "Tools", "llama-server", "Corral", "Agents"
+ADAPTERS = "Adapters"
+RETRIEVAL = "Retrieval"
+_COLLECTION = {"name": "name", "in": "path", "required": True, "description": "the collection's name",
+               "schema": {"type": "string"}}
+_DOCUMENT = {"name": "document_id", "in": "path", "required": True, "description": "the document's id",
+             "schema": {"type": "string"}}
 
 OPERATIONS: tuple[Operation, ...] = (
     # ---- Ollama: liveness, generation, embeddings
@@ -153,6 +162,77 @@ OPERATIONS: tuple[Operation, ...] = (
               parameters=(_path_param("name", "the agent's name"),)),
     Operation("delete", "/api/agents/{name}", "Delete an agent", AGENTS, content=_EMPTY,
               parameters=(_path_param("name", "the agent's name"),)),
+    # ---- LoRA adapters
+    Operation("get", "/api/adapters", "Stored LoRA adapters and the loaded models holding them", ADAPTERS,
+              response=t.AdapterList),
+    Operation("post", "/api/adapters/load", "Load an adapter on a model's weights now", ADAPTERS,
+              request=t.AdapterLoadRequest, response=t.AdapterLoadResponse,
+              examples=({"model": "gemma3:270m", "adapter": "my-lora"},),
+              description="An unknown model or adapter 404; an adapter made for other weights 400."),
+    Operation("post", "/api/adapters/unload", "Free an adapter from a loaded model", ADAPTERS,
+              request=t.AdapterLoadRequest, response=t.AdapterLoadResponse,
+              examples=({"model": "gemma3:270m", "adapter": "my-lora"},),
+              description="A model that is not loaded, or an adapter it does not hold: 404."),
+    # ---- training jobs and classifiers
+    Operation("post", "/api/train", "Start a training job: a LoRA adapter ending in a model, or an ONNX classifier",
+              "Training", request=tt.TrainRequest, response=tt.TrainJob, stream=tt.TrainProgress,
+              examples=({"model": "gemma-tuned", "from": _MODEL, "dataset": "sha256:" + "0" * 64,
+                         "lora": {"r": 16, "lora_alpha": 32}, "training": {"max_steps": 30, "learning_rate": 2e-4},
+                         "stream": False},),
+              description="Everything a request can get wrong (the name, the base, a dataset line, target modules) "
+                          "is a 400 before the job exists; without the adapters extra 501. Streams the job's "
+                          "progress as NDJSON until it ends unless `stream` is false (then the job at once); a "
+                          "client that stops reading does not stop the job."),
+    Operation("get", "/api/train", "Every training job, newest first", "Training", response=tt.TrainJobList),
+    Operation("get", "/api/train/{job_id}", "Follow a training job's progress (its history, then live)", "Training",
+              response=tt.TrainJob, stream=tt.TrainProgress,
+              parameters=(_path_param("job_id", "the job's id (train-…)"),
+                          {"name": "stream", "in": "query", "required": False,
+                           "schema": {"type": "string", "enum": ["true", "false"]},
+                           "description": "false: the job's record instead of its progress"}),
+              description="NDJSON progress lines until the job ends; `?stream=false`: the job's record."),
+    Operation("delete", "/api/train/{job_id}", "Cancel a training job (a finished one: remove its record)", "Training",
+              response=tt.TrainJob, parameters=(_path_param("job_id", "the job's id (train-…)"),)),
+    Operation("post", "/api/classify", "Labels of texts from a stored ONNX classifier", "Training",
+              request=tt.ClassifyRequest, response=tt.ClassifyResponse,
+              examples=({"model": "topics", "input": ["the match ended two to one", "shares fell sharply"]},),
+              description="An unknown model 404, a model that is not a classifier 400."),
+    # ---- retrieval (server/api/collections.py, server/api/rerank.py)
+    Operation("get", "/api/collections", "Collections with their document and chunk counts", RETRIEVAL,
+              response=rt.CollectionListResponse),
+    Operation("post", "/api/collections", "Create a collection", RETRIEVAL, request=rt.CollectionCreateRequest,
+              response=rt.Collection, examples=({"name": "handbook", "embedding_model": "all-minilm"},),
+              description="An invalid name, chunk sizes or a model that is not an embedding model 400; an "
+                          "existing name 400; an unknown model 404; without the retrieval extra 501."),
+    Operation("get", "/api/collections/{name}", "A collection", RETRIEVAL, response=rt.Collection,
+              parameters=(_COLLECTION,)),
+    Operation("delete", "/api/collections/{name}", "Delete a collection and its documents", RETRIEVAL,
+              content=_EMPTY, parameters=(_COLLECTION,)),
+    Operation("post", "/api/collections/{name}/documents", "Add or replace documents", RETRIEVAL,
+              request=rt.DocumentsAddRequest, response=rt.DocumentsAddResponse,
+              stream=(t.ProgressResponse, rt.DocumentsAddResponse, t.ErrorResponse), parameters=(_COLLECTION,),
+              examples=({"documents": [{"name": "notes.md", "text": "# Notes\n\nThe oven is hot."}]},),
+              description="JSON (text or base64 data) or a multipart/form-data upload of files (with optional "
+                          "`metadata` and `stream` fields). Formats: text, Markdown, HTML, PDF, JSONL. Each "
+                          "document is written in one transaction."),
+    Operation("get", "/api/collections/{name}/documents", "A collection's documents", RETRIEVAL,
+              response=rt.DocumentListResponse, parameters=(_COLLECTION,)),
+    Operation("get", "/api/collections/{name}/documents/{document_id}", "A document", RETRIEVAL,
+              response=rt.Document, parameters=(_COLLECTION, _DOCUMENT)),
+    Operation("delete", "/api/collections/{name}/documents/{document_id}", "Delete a document", RETRIEVAL,
+              content=_EMPTY, parameters=(_COLLECTION, _DOCUMENT)),
+    Operation("post", "/api/collections/{name}/search", "Hybrid, vector or keyword search", RETRIEVAL,
+              request=rt.SearchRequest, response=rt.SearchResponse, parameters=(_COLLECTION,),
+              examples=({"query": "how hot is the oven?", "k": 3},)),
+    Operation("post", "/v1/rerank", "Rerank documents (llama-server's and Jina's shape)", RETRIEVAL,
+              request=rt.RerankRequest, response=rt.RerankResponse, openai_errors=True,
+              examples=({"model": "my-reranker", "query": "cats", "documents": ["cats purr", "dogs bark"]},),
+              description="No documents, top_n < 1, or a model that is not a reranker 400."),
+    Operation("post", "/rerank", "Rerank documents (llama-server's route)", RETRIEVAL,
+              request=rt.RerankRequest, response=rt.RerankResponse, openai_errors=True),
+    Operation("post", "/v2/rerank", "Rerank documents (Cohere's v2 shape)", RETRIEVAL,
+              request=rt.RerankRequest, response=rt.CohereRerankResponse, openai_errors=True,
+              description="Errors carry Cohere's `message` beside OpenAI's `error` object."),
     # ---- tools
     Operation("get", "/api/tools", "Every tool in the registry", TOOLS, response=t.ToolListResponse),
     Operation("post", "/api/tools/{name}", "Run a tool", TOOLS, request=t.ToolCallRequest,
@@ -208,6 +288,20 @@ OPERATIONS: tuple[Operation, ...] = (
                          "tools": [{"type": "function", "name": "get_weather",
                                     "parameters": _WEATHER["function"]["parameters"]}]}),
               description="With `stream: true`, SSE events `event: <type>` / `data: <event>`."),
+    Operation("post", "/v1/images/generations", "OpenAI Images API: generate with an image model", OPENAI,
+              request=it_.ImageGenerationRequest, response=it_.ImagesResponse, stream=it_.ImageStreamEvent, sse=True,
+              openai_errors=True, examples=({"model": "tiny-sd", "prompt": "a red fox", "size": "512x512", "n": 1,
+                                             "seed": 7, "steps": 20, "scheduler": "DPM++ 2M"},),
+              description="Corral's options (negative_prompt, guidance_scale, steps, seed, scheduler, adapters) "
+                          "are extra body fields. With `stream: true`, SSE events "
+                          "`image_generation.partial_image` and `image_generation.completed`."),
+    Operation("post", "/v1/images/edits", "OpenAI Images API: image-to-image and inpainting", OPENAI,
+              request=it_.ImageGenerationRequest, response=it_.ImagesResponse, stream=it_.ImageStreamEvent, sse=True,
+              openai_errors=True,
+              examples=({"model": "tiny-sd", "prompt": "a red fox", "strength": 0.6,
+                         "image": "data:image/png;base64,iVBORw0KGgo="},),
+              description="multipart/form-data as the openai SDK sends it (`image` and `mask` files, other fields "
+                          "as text), or JSON with `image`/`mask` as data URLs. Streams `image_edit.*` events."),
     # ---- llama-server, Corral's own
     Operation("post", "/infill", "llama-server's fill-in-the-middle (llama.vscode)", LLAMACPP,
               request=llamacpp.InfillRequest, response=llamacpp.InfillResponse, stream=llamacpp.InfillResponse,
@@ -226,6 +320,7 @@ _REQUIRED: dict[Any, tuple[str, ...]] = {
     t.EmbeddingRequest: ("model",), t.CopyRequest: ("source", "destination"),
     o.ChatCompletionRequest: ("model", "messages"), o.CompletionRequest: ("model",),
     o.EmbeddingRequest: ("model", "input"), o.ResponsesRequest: ("model", "input"),
+    tt.TrainRequest: ("model", "dataset"), tt.ClassifyRequest: ("model", "input"),
 }
 
 _COMPONENT_PREFIXES = {"server.api.types.": "Ollama", "server.api.openai_types.": "OpenAI",

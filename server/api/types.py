@@ -98,6 +98,11 @@ class GenerateRequest(msgspec.Struct):
     logprobs: bool = False
     top_logprobs: int = 0  # 0-20
     _debug_render_only: bool = msgspec.field(default=False, name="_debug_render_only")
+    # image models (server/api/ollama_images.py): the image's size (multiples of 8, at most 4096) and
+    # denoising steps; `images[0]` is an edit's input image; Corral's image options go in `options`
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
 
 
 class GenerateResponse(msgspec.Struct, omit_defaults=True):
@@ -116,6 +121,12 @@ class GenerateResponse(msgspec.Struct, omit_defaults=True):
     eval_duration: int | None = None
     tool_calls: list[ToolCall] | None = None
     logprobs: list[Logprob] | None = None
+    # image models: the base64 PNG (last line), steps done and to do (progress lines), and the seed the
+    # image was made with (Corral's; with the settings in the PNG's text metadata)
+    image: str | None = None
+    completed: int | None = None
+    total: int | None = None
+    seed: int | None = None
 
 
 # ---- /api/chat ---------------------------------------------------------------------------
@@ -405,3 +416,34 @@ class AgentInfo(msgspec.Struct, omit_defaults=True):
 
 class AgentList(msgspec.Struct):
     agents: list[AgentInfo]
+
+
+# ---- LoRA adapters (/api/adapters): Corral's own routes ------------------------------------------------
+
+
+class AdapterInfo(msgspec.Struct):
+    digest: str  # sha256:<hex> of the GGUF LoRA layer; also a name `options.adapters` accepts
+    size: int  # bytes
+    models: list[str]  # stored models whose ADAPTER layers include it (each a name `options.adapters` accepts)
+    base: str | None  # digest of the base weights those models are FROM
+    architecture: str  # the adapter's general.architecture
+    alpha: float | None  # adapter.lora.alpha (effective scale = alpha / rank x the request's scale)
+    loaded_in: list[str]  # loaded models whose runner holds it now
+
+
+class AdapterList(msgspec.Struct):
+    adapters: list[AdapterInfo]
+
+
+class AdapterLoadRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """POST /api/adapters/load and /api/adapters/unload."""
+
+    model: str  # the base model to load the adapter on (loaded first when it is not)
+    adapter: str  # a stored model with ADAPTER layers, or an adapter layer's sha256:<hex>
+    keep_alive: Any = None  # for the base model, when this loads it (as on /api/generate)
+
+
+class AdapterLoadResponse(msgspec.Struct):
+    status: str  # "success"
+    model: str
+    adapters: list[str]  # the adapter layers' digests now loaded (load) or freed (unload)

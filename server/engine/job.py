@@ -24,6 +24,20 @@ class Sampling:
     grammar: str | None = None  # GBNF, rooted at "root"
 
 
+# LoRA adapter files and their scales, sorted by file, without zero scales (llama.cpp leaves an adapter
+# with scale 0 out of the graph, so such a set computes exactly what the base computes). The runner
+# decodes sequences with one set at a time, and keys its prefix cache by the set.
+AdapterSet = tuple[tuple[str, float], ...]
+
+
+def adapter_set(pairs) -> AdapterSet:
+    """The canonical set for (file, scale) pairs: a file named twice gets the sum of its scales."""
+    total: dict[str, float] = {}
+    for path, scale in pairs:
+        total[str(path)] = total.get(str(path), 0.0) + float(scale)
+    return tuple(sorted((p, s) for p, s in total.items() if s != 0.0))
+
+
 @dataclass
 class Job:
     """One generation: a tokenised prompt, how to sample, when to stop."""
@@ -38,6 +52,8 @@ class Job:
     stop_tokens: frozenset[int] = frozenset()  # extra end tokens (e.g. FIM file separators)
     ignore_eos: bool = False  # benchmarks: generate num_predict tokens whatever the model says
     logprobs: int = -1  # -1: none; 0..20: chosen token's logprob plus this many alternatives
+    adapters: "AdapterSet" = ()  # LoRA adapters applied while computing this job (see adapter_set)
+    alone: bool = False  # reproducible: computed as on an idle server (no reused cells, steps of its own)
 
     # filled by the engine
     loop: asyncio.AbstractEventLoop | None = None

@@ -15,6 +15,19 @@ for a prompt computing them right now (`_borrow`). A sequence also keeps the log
 its last prompt: a request repeating that prompt exactly samples its first token from them, so it
 computes nothing and gives the same text (computing the last token again, in a batch of another
 shape, could give other numbers).
+
+Reproducible jobs (`Job.alone`: a seeded request when the kernels are not batch-invariant) get the
+numbers they would get on an idle server: they never reuse cells (cached, copied or kept logits)
+computed in another batch, and each decodes in steps of its own, never beside other sequences' rows,
+so its batches have the shape they have alone. They take turns with the other groups as adapter
+sets do.
+
+LoRA adapters: a job names an adapter set (files and scales, `Job.adapters`). llama.cpp applies one
+set to a whole `llama_decode`, so each step decodes the sequences of one set, and the sets with work
+take turns step by step (none starves; sequences of the same set share each decode as before). The
+prefix cache is keyed by the set: cells computed under one set are never reused, copied or kept
+logits under another. Adapters load on first use on this model's weights, once, and stay until
+`drop_adapter`.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import collections
+import concurrent.futures
 import ctypes
 import logging
 import math
@@ -32,7 +46,7 @@ from collections.abc import AsyncIterator
 import llama_cpp.llama_cpp as C
 import numpy as np
 
-from .job import Done, Event, Failed, Job, Piece, TokenLogprob
+from .job import AdapterSet, Done, Event, Failed, Job, Piece, TokenLogprob
 from .llama import LlamaModel, LoadError, context_params, default_threads, new_context
 from .sampling import Chain
 
@@ -62,7 +76,9 @@ class _Seq:
     def __init__(self, seq_id: int):
         self.id = seq_id
         self.cache: list[int] = []  # tokens whose KV entries exist, position = index
-        self.saved: tuple[list[int], np.ndarray] | None = None  # (prompt, the logits that followed it)
+        # (prompt, the logits that followed it, whether a reproducible job computed them: as on an idle server)
+        self.saved: tuple[list[int], np.ndarray, bool] | None = None
+        self.adapters: AdapterSet = ()  # the adapter set its cache was computed under
         self.last_used = 0.0
         self.reset_job()
 
@@ -146,7 +162,13 @@ class Runner:
         self._closing = False
         self._piece_buf = ctypes.create_string_buffer(256)
         self.active = 0  # jobs admitted or waiting: the scheduler never unloads a busy runner
-        self.stats = {"prompt_tokens": 0, "generated_tokens": 0, "steps": 0, "padding_tokens": 0}
+        self.stats = {"prompt_tokens": 0, "generated_tokens": 0, "steps": 0, "padding_tokens": 0,
+                      "adapter_switches": 0}
+        self._loras: dict[str, int] = {}  # adapter file -> llama_adapter_lora pointer (decode thread only)
+        self._applied: AdapterSet = ()  # the set llama.cpp applies to the next decode
+        self._last_group: tuple | None = None  # the group the previous step decoded (whose turn is next)
+        self._to_drop: set[str] = set()  # adapter files to free once no job uses them
+        self._to_load: list[tuple[str, concurrent.futures.Future]] = []  # preloads asked for
         self.n_ubatch = C.llama_n_ubatch(self.ctx)
         self._thread = threading.Thread(target=self._loop, name="corral-decode", daemon=True)
         self._thread.start()
@@ -206,6 +228,28 @@ class Runner:
                             break
                     self._wake.notify()
 
+    def load_adapter(self, path: str) -> concurrent.futures.Future:
+        """Load an adapter now rather than at its first job; the future ends with the load (or its error)."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._wake:
+            if self._closing:
+                future.set_exception(RuntimeError("model unloaded"))
+                return future
+            self._to_drop.discard(str(path))
+            self._to_load.append((str(path), future))
+            self._wake.notify()
+        return future
+
+    def drop_adapter(self, path: str) -> None:
+        """Free a loaded adapter once no running job uses it (a later job naming it loads it again)."""
+        with self._wake:
+            self._to_drop.add(str(path))
+            self._to_load = [(p, f) for p, f in self._to_load if p != str(path)]
+            self._wake.notify()
+
+    def loaded_adapters(self) -> list[str]:
+        return list(self._loras)
+
     def close(self) -> None:
         """Stop the decode thread (failing what is left) and free the context; later calls do nothing."""
         with self._wake:
@@ -220,18 +264,23 @@ class Runner:
         C.llama_batch_free(self.batch)
         C.llama_free(self.ctx)
         self.ctx = None
+        for ptr in self._loras.values():  # after the context that applied them
+            C.llama_adapter_lora_free(ptr)
+        self._loras.clear()
 
     # ---- decode thread -----------------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._closing and not self._pending and not any(s.job for s in self.seqs):
+                while not self._closing and not self._pending and not any(s.job for s in self.seqs) \
+                        and not self._to_drop and not self._to_load:
                     self._wake.wait()
                 if self._closing:
                     break
             out: list[tuple[Job, Event]] = []
             try:
+                self._adapter_requests()
                 self._admit(out)
                 self._step(out)
             except Exception as exc:  # never let the loop die: fail what was running
@@ -246,6 +295,9 @@ class Runner:
             if seq.job is not None:
                 self._finish_failed(seq, "model unloaded", out)
         with self._wake:  # generate() may be taking a cancelled job out at the same time
+            for _, future in self._to_load:
+                future.set_exception(RuntimeError("model unloaded"))
+            self._to_load = []
             while self._pending:
                 job = self._pending.popleft()
                 out.append((job, Failed("model unloaded")))
@@ -284,14 +336,22 @@ class Runner:
                     out.append((job, Failed(f"generation failed: {exc}")))
 
     def _start(self, job: Job, free: list[_Seq], out: list[tuple[Job, Event]]) -> None:
-        # the idle sequence sharing the longest prefix with this prompt; least recently used on ties
-        best = max(free, key=lambda s: (common_prefix(s.cache, job.tokens), -s.last_used))
-        keep = common_prefix(best.cache, job.tokens) if self.prefix_cache else 0
+        if not self._load_adapters(job, out):
+            return
+        # the idle sequence sharing the longest prefix with this prompt, computed under the same
+        # adapter set; least recently used on ties
+        def shared(s: _Seq) -> int:
+            return common_prefix(s.cache, job.tokens) if s.adapters == job.adapters else 0
+
+        best = max(free, key=lambda s: (shared(s), -s.last_used))
+        keep = shared(best) if self.prefix_cache else 0
         if keep and C.llama_memory_seq_pos_min(self.memory, best.id) > 0:
             keep = 0  # its first cells are gone (a sliding-window cache reuses cells it masks): start over
         # all of it cached, and the logits that followed it kept: nothing to compute
         whole = keep == len(job.tokens) and best.saved is not None and best.saved[0] == job.tokens \
             and not self.backend_sampling
+        if job.alone and not (whole and best.saved[2]):
+            whole, keep = False, 0  # only an idle server's numbers: those of a reproducible job's own run
         if not whole:
             keep = min(keep, len(job.tokens) - 1)  # the last prompt token is computed: it gives the logits
         if keep < len(best.cache):
@@ -299,6 +359,7 @@ class Runner:
                 C.llama_memory_seq_rm(self.memory, best.id, -1, -1)
                 keep = 0
             best.forget(keep)
+        best.adapters = job.adapters
         try:
             chain = Chain(self.model.vocab, self.model.n_vocab, job.sampling)
         except ValueError as exc:
@@ -321,18 +382,20 @@ class Runner:
         for seq in self.seqs:
             if seq.job is not None and seq.job.cancelled.is_set():
                 self._release(seq)
+        turn = self._turn()
         # how many tokens each sequence computes: one for every generating sequence first (running
         # streams never wait on prompts), then prompt chunks, as much as the batch holds
         counts: dict[int, int] = {}
         room = self.n_batch
         for seq in self.seqs:
-            if seq.job is not None and seq.generating:
+            if seq.job is not None and self._group(seq) == turn and seq.generating:
                 if len(seq.cache) >= self.n_ctx and not self._shift(seq, out):
                     continue
                 counts[seq.id] = 1
                 room -= 1
         for seq in self.seqs:
-            if seq.job is not None and not seq.generating and room > 0 and not self._borrow(seq):
+            if seq.job is not None and self._group(seq) == turn and not seq.generating and room > 0 \
+                    and not self._borrow(seq):
                 counts[seq.id] = min(len(seq.prompt) - seq.fed, room)
                 room -= counts[seq.id]
         if not counts:
@@ -352,6 +415,7 @@ class Runner:
                     seq.fed += 1
                     n = self._add(seq, token, n, logits=seq.fed == len(seq.prompt))
         batch.n_tokens = n
+        self._apply(turn[0])
         rc = C.llama_decode(self.ctx, batch)
         for i in pads:
             C.llama_memory_seq_rm(self.memory, i, len(self.seqs[i].cache), -1)
@@ -370,6 +434,81 @@ class Runner:
             if seq.out_row >= 0 and seq.job is not None:
                 self._sampled(seq, now, out)
 
+    @staticmethod
+    def _group(seq: _Seq) -> tuple:
+        """Sequences decoded together: one adapter set, and a reproducible job alone."""
+        return seq.adapters, (seq.id if seq.job is not None and seq.job.alone else -1)
+
+    def _turn(self) -> tuple:
+        """The group this step decodes: the groups of running jobs take turns, in a fixed order."""
+        groups = sorted({self._group(seq) for seq in self.seqs if seq.job is not None})
+        if len(groups) <= 1:
+            turn = groups[0] if groups else ((), -1)
+        else:
+            later = [g for g in groups if self._last_group is not None and g > self._last_group]
+            turn = later[0] if later else groups[0]
+        self._last_group = turn
+        return turn
+
+    def _apply(self, adapters: AdapterSet) -> None:
+        """Have llama.cpp apply this set from the next decode (a change re-plans its compute graph)."""
+        if adapters == self._applied:
+            return
+        n = len(adapters)
+        ptrs = (C.llama_adapter_lora_p_ctypes * max(n, 1))(*[self._loras[p] for p, _ in adapters])
+        scales = (ctypes.c_float * max(n, 1))(*[s for _, s in adapters])
+        C.llama_set_adapters_lora(self.ctx, ptrs if n else None, n, scales if n else None)
+        self._applied = adapters
+        self.stats["adapter_switches"] += 1
+
+    def _load_adapter(self, path: str) -> bool:
+        if path not in self._loras:
+            ptr = C.llama_adapter_lora_init(self.model.ptr, path.encode())
+            if not ptr:
+                return False
+            self._loras[path] = ptr
+            log.info("loaded LoRA adapter %s", path)
+        return True
+
+    def _load_adapters(self, job: Job, out: list[tuple[Job, Event]]) -> bool:
+        """Load the job's adapters on this model's weights (once each); False: the job failed."""
+        for path, _ in job.adapters:
+            if not self._load_adapter(path):
+                self.active -= 1
+                out.append((job, Failed(f"unable to load LoRA adapter {path} on this model")))
+                return False
+        return True
+
+    def _adapter_requests(self) -> None:
+        """Do the preloads asked for; free the adapters asked to go that no running job uses (their
+        cached cells go with them)."""
+        with self._wake:
+            loads, self._to_load = self._to_load, []
+        for path, future in loads:
+            if self._load_adapter(path):
+                future.set_result(None)
+            else:
+                future.set_exception(ValueError(f"unable to load LoRA adapter {path} on this model"))
+        with self._wake:
+            wanted = self._to_drop
+            in_use = {p for seq in self.seqs if seq.job is not None for p, _ in seq.job.adapters}
+            in_use |= {p for job in self._pending for p, _ in job.adapters}
+            drop = {p for p in wanted if p not in in_use}
+            self._to_drop = wanted - drop
+        for path in drop:
+            ptr = self._loras.pop(path, None)
+            if ptr is None:
+                continue
+            if any(p == path for p, _ in self._applied):
+                self._apply(())
+            for seq in self.seqs:
+                if any(p == path for p, _ in seq.adapters):
+                    C.llama_memory_seq_rm(self.memory, seq.id, -1, -1)
+                    seq.forget(0)
+                    seq.adapters = ()
+            C.llama_adapter_lora_free(ptr)
+            log.info("freed LoRA adapter %s", path)
+
     def _borrow(self, seq: _Seq) -> bool:
         """Spare computing prompt tokens another sequence has or is computing; True: wait this step.
 
@@ -381,19 +520,19 @@ class Runner:
         cells past the shared part are dropped. The numbers are the source's, so deterministic
         mode stays exact.
         """
-        if not self.can_borrow:
+        if not self.can_borrow or seq.job.alone:
             return False
         last = len(seq.prompt) - 1  # the last prompt token is always computed: it gives the logits
         want = seq.fed + BORROW_MIN
         for other in self.seqs:
             if other is not seq and other.job is not None and not other.generating \
-                    and (other.fed, -other.id) > (seq.fed, -seq.id):
+                    and other.adapters == seq.adapters and (other.fed, -other.id) > (seq.fed, -seq.id):
                 shared = min(common_prefix(other.prompt, seq.prompt), last)
                 if shared >= want and other.fed < shared:
                     return True
         source, gain = None, want - 1
         for other in self.seqs:
-            if other is seq or len(other.cache) < want:
+            if other is seq or len(other.cache) < want or other.adapters != seq.adapters:
                 continue
             shared = min(common_prefix(other.cache, seq.prompt), last)
             if shared > gain and len(other.cache) <= BORROW_SPAN * (shared - seq.fed) \
@@ -484,7 +623,7 @@ class Runner:
         if not seq.generated and seq.t_first == 0:
             seq.t_first = now
             if logits is None and self.prefix_cache and not seq.on_backend:  # for an exact repeat
-                seq.saved = (seq.prompt, self._row(seq.out_row).copy())
+                seq.saved = (seq.prompt, self._row(seq.out_row).copy(), job.alone)
         if (self.model.is_eog(token) and not job.ignore_eos) or token in job.stop_tokens:
             self._finish(seq, "stop", out)
             return

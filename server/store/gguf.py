@@ -38,6 +38,7 @@ class GGUFInfo:
     array_lengths: dict[str, int] = field(default_factory=dict)  # for arrays that were skipped
     parameter_count: int = 0  # sum of all tensors' element counts
     required_size: int = 0  # bytes the file must have: aligned data start + the furthest tensor's end
+    tensor_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # name → ggml dims (ne0 first)
 
     @property
     def architecture(self) -> str:
@@ -85,12 +86,13 @@ def _read(f: BinaryIO, arrays_up_to: int) -> GGUFInfo:
             info.kv[key] = _value(f, vtype)
     end = 0
     for _ in range(tensor_count):
-        _string(f)
+        tensor_name = _string(f)
         (n_dims,) = _unpack(f, "<I")
         if n_dims > 8:
             raise GGUFError("invalid GGUF file: bad tensor header")
         dims = _unpack(f, "<" + "Q" * n_dims)
         ttype, offset = _unpack(f, "<IQ")
+        info.tensor_shapes[tensor_name] = tuple(dims)
         count = 1
         for d in dims:
             count *= d

@@ -15,6 +15,18 @@ SYSTEM = "application/vnd.ollama.image.system"
 PARAMS = "application/vnd.ollama.image.params"
 MESSAGES = "application/vnd.ollama.image.messages"
 LICENSE = "application/vnd.ollama.image.license"
+# Corral's own layers for diffusion pipelines (server/imaging/): every file of a diffusers folder is a
+# DIFFUSERS_FILE layer; the DIFFUSERS_INDEX layer maps each file's path in the folder to its digest
+# (`{"files": {"unet/config.json": "sha256:…"}, "variant": "pytorch" | "onnx"}`); a DIFFUSION_LORA layer is
+# a LoRA safetensors file for such a pipeline
+DIFFUSERS_INDEX = "application/vnd.corral.diffusers.index"
+DIFFUSERS_FILE = "application/vnd.corral.diffusers.file"
+DIFFUSION_LORA = "application/vnd.corral.diffusers.lora"
+# Corral's own layers: a model exported to ONNX (server/retrieval/onnx_export.py), its tokenizer.json and
+# its Corral config (task "embedding" or "rerank", pooling, max_length)
+ONNX_MODEL = "application/vnd.corral.onnx.model"
+ONNX_TOKENIZER = "application/vnd.corral.onnx.tokenizer"
+ONNX_CONFIG = "application/vnd.corral.onnx.config"
 
 
 class Layer(msgspec.Struct, omit_defaults=True):

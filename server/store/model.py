@@ -49,6 +49,12 @@ class Model:
         return None if layer is None else self.store.blob_path(layer.digest)
 
     @functools.cached_property
+    def diffusers_index(self) -> dict | None:
+        """A diffusion pipeline's file index (server/imaging/store.py); None for every other model."""
+        text = self._text(mf.DIFFUSERS_INDEX)
+        return json.loads(text) if text else None
+
+    @functools.cached_property
     def template(self) -> str | None:
         """The Go text/template from the template layer (Modelfile TEMPLATE / registry models)."""
         return self._text(mf.TEMPLATE)
@@ -130,6 +136,10 @@ class Model:
 
     def capabilities(self) -> list[str]:
         """Computed like Ollama: a pooling type means an embedding model; the template decides the rest."""
+        if self.manifest.layer(mf.ONNX_MODEL) is not None:  # Corral's ONNX exports (server/retrieval)
+            return ["embedding"] if json.loads(self._text(mf.ONNX_CONFIG) or "{}").get("task") == "embedding" else []
+        if self.diffusers_index is not None:
+            return ["image"]  # a diffusion pipeline (Ollama's image-generation capability)
         if self.gguf.arch_value("pooling_type") is not None:
             return ["embedding"]
         caps = ["completion"]

@@ -1,0 +1,207 @@
+"""A loaded diffusion pipeline: one denoising run for a batch of compatible jobs, in a worker thread.
+
+The pipeline class comes from the model's own `model_index.json` (`DiffusionPipeline.from_pretrained`);
+image-to-image and inpainting use diffusers' auto pipelines made from it (`from_pipe`: the same weights).
+On CUDA it runs in fp16 with attention slicing and VAE slicing and tiling; on the CPU in fp32.
+
+LoRA adapters stay loaded on the pipeline (`load_lora_weights` once per adapter file, at most
+MAX_ADAPTERS, least recently used dropped first); each run sets the batch's adapters and scales with
+`set_adapters`, and a run with none disables them, so the base weights compute exactly as before.
+
+Each image has its own `torch.Generator` seeded with its seed, so an image is the same whether it is
+made alone or in a batch with others.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import schedulers
+from .request import ImageRequest
+
+log = logging.getLogger("corral.imaging")
+
+MAX_ADAPTERS = 8
+DEFAULT_STEPS = 25
+DEFAULT_GUIDANCE = 7.5
+
+
+class Cancelled(Exception):
+    """Every job of a run went away: the run stops between two steps."""
+
+
+@dataclass
+class Job:
+    """One request in a pipeline's queue, resolved against the loaded pipeline."""
+
+    request: ImageRequest
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seeds: list[int]
+    adapters: tuple[tuple[str, str, float], ...]  # (adapter name, file, scale)
+    image: Any = None  # PIL input image (edits), already at width x height
+    mask: Any = None
+    # set by the service: called from the worker thread
+    on_step: Callable[[int, int], None] = lambda k, n: None
+    on_partial: Callable[[int, list], None] = lambda index, images: None  # (partial index, PIL images)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def key(self) -> tuple:
+        """Jobs with equal keys run as one batch."""
+        r = self.request
+        return (r.mode, self.width, self.height, self.steps, r.scheduler, self.guidance, r.strength, self.adapters)
+
+
+class Pipeline:
+    """A diffusers pipeline loaded from a folder, on the GPU (fp16) when `use_gpu` and CUDA is present."""
+
+    def __init__(self, folder: Path, *, use_gpu: bool = True, threads: int = 0):
+        import torch
+        from diffusers import DiffusionPipeline
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.cuda = use_gpu and torch.cuda.is_available()
+        self.device = "cuda" if self.cuda else "cpu"
+        self.dtype = torch.float16 if self.cuda else torch.float32
+        pipe = DiffusionPipeline.from_pretrained(str(folder), dtype=self.dtype, use_safetensors=True,
+                                                 local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.to(self.device)
+        if self.cuda:
+            pipe.enable_attention_slicing()
+            if hasattr(pipe, "vae"):
+                pipe.vae.enable_slicing()
+                pipe.vae.enable_tiling()
+        self.base = pipe
+        self.default_scheduler = pipe.scheduler
+        self._modes: dict[str, Any] = {"text2img": pipe}
+        self._adapters: OrderedDict[str, str] = OrderedDict()  # adapter name → file, loaded on the pipeline
+        self.lock = threading.Lock()
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        unet = getattr(self.base, "unet", None) or getattr(self.base, "transformer", None)
+        factor = getattr(self.base, "vae_scale_factor", 8)
+        side = int(getattr(unet.config, "sample_size", 64)) * factor if unet is not None else 512
+        return side, side
+
+    def _pipe_for(self, mode: str) -> Any:
+        if mode not in self._modes:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            cls = AutoPipelineForImage2Image if mode == "img2img" else AutoPipelineForInpainting
+            pipe = cls.from_pipe(self.base)
+            pipe.set_progress_bar_config(disable=True)
+            self._modes[mode] = pipe
+        return self._modes[mode]
+
+    def _set_adapters(self, adapters: tuple[tuple[str, str, float], ...]) -> None:
+        pipe = self.base
+        for name, path, _ in adapters:
+            if name in self._adapters:
+                self._adapters.move_to_end(name)
+                continue
+            if len(self._adapters) >= MAX_ADAPTERS:
+                old, _ = self._adapters.popitem(last=False)
+                pipe.delete_adapters([old])
+            pipe.load_lora_weights(path, adapter_name=name)
+            self._adapters[name] = path
+        if not self._adapters:
+            return
+        if adapters:
+            pipe.enable_lora()
+            pipe.set_adapters([n for n, _, _ in adapters], adapter_weights=[s for _, _, s in adapters])
+        else:
+            pipe.disable_lora()
+
+    def run(self, jobs: list[Job]) -> list[list[Any]]:
+        """One denoising run for jobs with one key: each job's PIL images, in its seeds' order."""
+        import torch
+
+        first = jobs[0]
+        mode = first.request.mode
+        with self.lock:
+            pipe = self._pipe_for(mode)
+            if first.request.scheduler == schedulers.DEFAULT:
+                pipe.scheduler = type(self.default_scheduler).from_config(self.default_scheduler.config)
+            else:
+                pipe.scheduler = schedulers.make(first.request.scheduler, self.default_scheduler.config)
+            self._set_adapters(first.adapters)
+            prompts, negatives, generators, images, masks, owners = [], [], [], [], [], []
+            for j, job in enumerate(jobs):
+                for seed in job.seeds:
+                    prompts.append(job.request.prompt)
+                    negatives.append(job.request.negative_prompt or "")
+                    generators.append(torch.Generator(self.device).manual_seed(seed))
+                    images.append(job.image)
+                    masks.append(job.mask)
+                    owners.append(j)
+            kwargs: dict[str, Any] = dict(prompt=prompts, negative_prompt=negatives, num_inference_steps=first.steps,
+                                          guidance_scale=first.guidance, generator=generators, output_type="pil")
+            if mode == "text2img":
+                kwargs.update(height=first.height, width=first.width)
+            else:
+                kwargs["image"] = images
+                if first.request.strength is not None:
+                    kwargs["strength"] = first.request.strength
+                if mode == "inpaint":
+                    kwargs.update(mask_image=masks, height=first.height, width=first.width)
+            partial_at = {j: _partial_steps(job, first.steps) for j, job in enumerate(jobs)}
+
+            def on_step_end(p: Any, i: int, t: Any, tensors: dict) -> dict:
+                total = int(getattr(p, "num_timesteps", 0) or first.steps)
+                if all(job.cancelled.is_set() for job in jobs):
+                    log.info("denoising run stopped after step %d of %d: its requests went away", i + 1, total)
+                    raise Cancelled()
+                for j, job in enumerate(jobs):
+                    if job.cancelled.is_set():
+                        continue
+                    job.on_step(i + 1, total)
+                    if i + 1 in partial_at[j]:
+                        start = owners.index(j)
+                        latents = tensors["latents"][start:start + len(job.seeds)]
+                        job.on_partial(sorted(partial_at[j]).index(i + 1), self._decode(p, latents))
+                return tensors
+
+            kwargs["callback_on_step_end"] = on_step_end
+            with torch.inference_mode():
+                out = pipe(**kwargs).images
+        results: list[list[Any]] = [[] for _ in jobs]
+        for owner, image in zip(owners, out):
+            results[owner].append(image)
+        return results
+
+    def _decode(self, pipe: Any, latents: Any) -> list[Any]:
+        """A preview of latents mid-run (OpenAI's partial images)."""
+        vae = pipe.vae
+        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        return pipe.image_processor.postprocess(decoded, output_type="pil")
+
+    def close(self) -> None:
+        with self.lock:
+            self._modes.clear()
+            self.base = None
+            gc.collect()
+            if self.cuda:
+                import torch
+
+                torch.cuda.empty_cache()
+
+
+def _partial_steps(job: Job, steps: int) -> set[int]:
+    k = job.request.partial_images
+    if not k:
+        return set()
+    n = max(1, steps if job.request.mode == "text2img" else int(steps * (job.request.strength or 0.8)))
+    return {max(1, round(n * (p + 1) / (k + 1))) for p in range(k)} - {n}

@@ -1,0 +1,137 @@
+"""Tiny random-weight diffusion pipelines built from configs, saved as real diffusers folders.
+
+Nothing is downloaded: the UNet, the VAE and the CLIP text model are made from small configs with
+seeded random weights, and the CLIP tokenizer from a byte-level vocabulary and a few merges written
+here. `write_tiny_pipeline(dir)` saves a StableDiffusionPipeline folder (`model_index.json` and its
+components) that `corral create NAME --diffusers DIR` takes; `write_tiny_lora(pipe_dir, file)` a LoRA
+for its UNet in the format diffusers' `load_lora_weights` reads; `write_sd15_shaped_pipeline` the
+real Stable Diffusion 1.5 shapes (random weights) for the benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# a few merges: enough that the tokenizer's BPE path is used, not only single bytes
+_MERGES = ["t h", "th e</w>", "a n", "an d</w>", "c a", "ca t</w>", "r e", "re d</w>", "o n</w>", "i n"]
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte → printable character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def write_tiny_tokenizer(folder: Path) -> Path:
+    """A CLIPTokenizer folder: every byte alone and word-final, the merges' results, and the two specials."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    vocab_list = chars + [c + "</w>" for c in chars]
+    for merge in _MERGES:
+        a, b = merge.split()
+        vocab_list.append(a + b)
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(_MERGES) + "\n")
+    (folder / "special_tokens_map.json").write_text(json.dumps({
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>"}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True,
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>"}))
+    return folder
+
+
+def tiny_components(seed: int = 0, *, shapes: str = "tiny") -> dict:
+    import torch
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    if shapes == "sd15":
+        unet = UNet2DConditionModel(sample_size=32, cross_attention_dim=768)  # the defaults are SD 1.5's UNet
+        vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], latent_channels=4, sample_size=256,
+                            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                            layers_per_block=2)
+        text = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                              max_position_embeddings=77, vocab_size=49408)
+    else:
+        unet = UNet2DConditionModel(
+            block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, norm_num_groups=4,
+            attention_head_dim=4)
+        # four blocks: latents are 1/8 of the image, as in every Stable Diffusion (the ONNX pipeline assumes it)
+        vae = AutoencoderKL(block_out_channels=[8, 8, 16, 16], in_channels=3, out_channels=3,
+                            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                            latent_channels=4, norm_num_groups=4, sample_size=64, layers_per_block=1)
+        text = CLIPTextConfig(bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37,
+                              layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2, pad_token_id=1,
+                              vocab_size=1000, max_position_embeddings=77)
+    text_encoder = CLIPTextModel(text).eval()
+    return {"unet": unet.eval(), "vae": vae.eval(), "text_encoder": text_encoder,
+            "scheduler": DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                     num_train_timesteps=1000),
+            "tokenizer_cls": CLIPTokenizer}
+
+
+def write_tiny_pipeline(folder: Path, seed: int = 0, *, shapes: str = "tiny") -> Path:
+    """Save a StableDiffusionPipeline with tiny random weights as a diffusers folder."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = Path(folder)
+    parts = tiny_components(seed, shapes=shapes)
+    tok_dir = write_tiny_tokenizer(folder / ".tokenizer-src")
+    tokenizer = parts.pop("tokenizer_cls").from_pretrained(str(tok_dir))
+    if shapes != "sd15":
+        # the tiny text model's vocabulary is 1000 entries: keep every token id inside it
+        assert len(tokenizer) <= 1000, len(tokenizer)
+    pipe = StableDiffusionPipeline(**parts, tokenizer=tokenizer, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    for p in sorted(tok_dir.iterdir()):
+        p.unlink()
+    tok_dir.rmdir()
+    return folder
+
+
+def write_sd15_shaped_pipeline(folder: Path, seed: int = 0) -> Path:
+    return write_tiny_pipeline(folder, seed, shapes="sd15")
+
+
+def write_tiny_lora(pipe_dir: Path, file: Path, seed: int = 1, rank: int = 4, scale: float = 0.5) -> Path:
+    """A LoRA for the pipeline's UNet attention (to_q/k/v/out) with non-zero random A and B matrices,
+    saved by diffusers' own `save_lora_weights` (the kohya/diffusers format `load_lora_weights` reads)."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(str(Path(pipe_dir) / "unet"))
+    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                        target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    unet.add_adapter(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    state = get_peft_model_state_dict(unet)
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    layers = convert_state_dict_to_diffusers(state)
+    file = Path(file)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(str(file.parent), unet_lora_layers=layers, weight_name=file.name,
+                                              safe_serialization=True)
+    return file

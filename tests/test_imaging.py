@@ -1,0 +1,338 @@
+"""Image generation end to end: a tiny random diffusers pipeline created into the store with `corral
+create --diffusers`, served by a real `corral serve`, called through the official `ollama` and `openai`
+packages, and compared with the same pipeline called directly with diffusers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import ollama
+import openai
+import pytest
+from PIL import Image
+
+from server.store.register import register_gguf
+from server.store.store import Store
+from tests.conftest import ROOT, start_server
+from tests.diffusers_factory import write_tiny_lora, write_tiny_pipeline
+
+pytest.importorskip("diffusers")
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+
+
+def png_bytes(size=(64, 64), color=(200, 30, 30), mode="RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size, color if mode == "RGB" else 255).save(out, format="PNG")
+    return out.getvalue()
+
+
+def corral(server, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OLLAMA_HOST=server.host)
+    return subprocess.run([sys.executable, "-m", "server", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def pipe_dir(tmp_path_factory):
+    return write_tiny_pipeline(tmp_path_factory.mktemp("pipe") / "tiny-sd")
+
+
+@pytest.fixture(scope="module")
+def lora_file(tmp_path_factory, pipe_dir):
+    return write_tiny_lora(pipe_dir, tmp_path_factory.mktemp("lora") / "style.safetensors")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, pipe_dir, lora_file, model_files):
+    d = tmp_path_factory.mktemp("imaging")
+    register_gguf(Store(d / "models"), "tiny", model_files["tiny"])
+    srv = start_server(d / "models", {"CORRAL_DATA_DIR": str(d / "data"), "OLLAMA_MAX_QUEUE": "16"}, log_dir=d)
+    try:
+        made = corral(srv, "create", "tiny-sd", "--diffusers", str(pipe_dir))
+        assert made.returncode == 0, made.stderr
+        assert made.stdout.strip().endswith("success")
+        made = corral(srv, "create", "tiny-style", "--from", "tiny-sd", "--diffusers-lora", str(lora_file))
+        assert made.returncode == 0, made.stderr
+        srv.data = d / "data"
+        yield srv
+    finally:
+        srv.stop()
+
+
+def direct(pipe_dir, prompt: str, seed: int, steps: int, **kwargs) -> np.ndarray:
+    """The same pipeline called directly with diffusers: what the API must equal."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(pipe_dir))
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(prompt, num_inference_steps=steps, generator=torch.Generator("cpu").manual_seed(seed),
+                 height=64, width=64, **kwargs).images[0]
+    return np.asarray(image).astype(int)
+
+
+# ---- the model in the store ------------------------------------------------------------------
+
+
+def test_image_model_in_tags_show_and_copy(server):
+    client = ollama.Client(host=server.url)
+    names = [m.model for m in client.list().models]
+    assert "tiny-sd:latest" in names and "tiny-style:latest" in names
+    shown = client.show("tiny-sd")
+    assert shown.capabilities == ["image"]
+    assert shown.details.format == "diffusers"
+    assert shown.details.family == "StableDiffusionPipeline"
+    client.copy("tiny-sd", "tiny-sd-copy")
+    assert client.show("tiny-sd-copy").capabilities == ["image"]
+    client.delete("tiny-sd-copy")
+    assert "tiny-sd:latest" in [m.model for m in client.list().models]
+
+
+def test_create_refuses_pickled_weights_and_bad_index(server, pipe_dir):
+    def upload(data: bytes) -> str:
+        import hashlib
+
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        httpx.post(f"{server.url}/api/blobs/{digest}", content=data).raise_for_status()
+        return digest
+
+    index = upload((pipe_dir / "model_index.json").read_bytes())
+    r = httpx.post(f"{server.url}/api/create", json={"model": "bad", "files": {
+        "model_index.json": index, "unet/diffusion_pytorch_model.bin": upload(b"not a pickle")}})
+    assert r.status_code == 400 and "pickled" in r.json()["error"]
+    r = httpx.post(f"{server.url}/api/create", json={"model": "bad", "files": {"model_index.json": index}})
+    assert r.status_code == 400 and "component" in r.json()["error"]
+    r = httpx.post(f"{server.url}/api/create", json={"model": "bad", "files": {"model_index.json": upload(b"[1]")}})
+    assert r.status_code == 400 and "_class_name" in r.json()["error"]
+    r = httpx.post(f"{server.url}/api/create", json={"model": "bad", "from": "tiny-sd",
+                                                      "adapters": {"x.safetensors": index}})
+    assert r.status_code == 400 and "safetensors" in r.json()["error"]
+    assert "bad:latest" not in [m["model"] for m in httpx.get(f"{server.url}/api/tags").json()["models"]]
+
+
+# ---- Ollama's wire -------------------------------------------------------------------------------
+
+
+def test_ollama_generate_equals_the_pipeline_called_directly(server, pipe_dir):
+    client = ollama.Client(host=server.url)
+    r = client.generate(model="tiny-sd", prompt="a red cat", width=64, height=64, steps=3, options={"seed": 42},
+                        stream=False)
+    assert r.done and r.done_reason == "stop"
+    data = base64.b64decode(r.image)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert np.array_equal(pixels(data), direct(pipe_dir, "a red cat", 42, 3))
+    meta = json.loads(Image.open(io.BytesIO(data)).info["corral"])
+    assert meta["seed"] == 42 and meta["prompt"] == "a red cat" and meta["steps"] == 3
+    assert "Seed: 42" in Image.open(io.BytesIO(data)).info["parameters"]
+
+
+def test_ollama_stream_reports_each_step(server):
+    client = ollama.Client(host=server.url)
+    parts = list(client.generate(model="tiny-sd", prompt="a dog", steps=4, options={"seed": 1}, stream=True))
+    progress = [p for p in parts if not p.done]
+    assert [p.completed for p in progress] == [0, 1, 2, 3, 4]
+    assert all(p.total == 4 for p in progress)
+    assert parts[-1].done and parts[-1].image and not progress[0].image
+
+
+def test_empty_prompt_loads_and_keep_alive_zero_unloads(server):
+    client = ollama.Client(host=server.url)
+    r = client.generate(model="tiny-sd", prompt="")
+    assert r.done_reason == "load"
+    ps = {m.model: m for m in client.ps().models}
+    assert "tiny-sd:latest" in ps and ps["tiny-sd:latest"].size > 0
+    r = client.generate(model="tiny-sd", prompt="", keep_alive=0)
+    assert r.done_reason == "unload"
+    assert "tiny-sd:latest" not in [m.model for m in client.ps().models]
+
+
+def test_ollama_edit_with_images_and_options(server):
+    client = ollama.Client(host=server.url)
+    src = png_bytes()
+    r = client.generate(model="tiny-sd", prompt="a blue cat", images=[src], steps=4,
+                        options={"seed": 3, "strength": 0.5, "scheduler": "Euler", "negative_prompt": "blur"},
+                        stream=False)
+    meta = json.loads(Image.open(io.BytesIO(base64.b64decode(r.image))).info["corral"])
+    assert meta["mode"] == "img2img" and meta["scheduler"] == "Euler" and meta["strength"] == 0.5
+    mask = base64.b64encode(png_bytes(mode="L")).decode()
+    r = client.generate(model="tiny-sd", prompt="a hat", images=[src], steps=2,
+                        options={"seed": 3, "mask": mask}, stream=False)
+    assert json.loads(Image.open(io.BytesIO(base64.b64decode(r.image))).info["corral"])["mode"] == "inpaint"
+
+
+# ---- OpenAI's wire ---------------------------------------------------------------------------------
+
+
+def test_openai_generations_n_seeds_formats_and_url(server, pipe_dir):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="x")
+    r = client.images.generate(model="tiny-sd", prompt="a red cat", n=2, size="64x64",
+                               extra_body={"seed": 42, "steps": 3})
+    assert len(r.data) == 2
+    assert [d.model_extra["seed"] for d in r.data] == [42, 43]
+    assert np.array_equal(pixels(base64.b64decode(r.data[0].b64_json)), direct(pipe_dir, "a red cat", 42, 3))
+    r = client.images.generate(model="tiny-sd", prompt="a red cat", response_format="url", output_format="jpeg",
+                               extra_body={"seed": 9, "steps": 2})
+    got = httpx.get(r.data[0].url)
+    assert got.status_code == 200 and got.headers["content-type"] == "image/jpeg"
+    assert got.content[:3] == b"\xff\xd8\xff"
+    r = client.images.generate(model="tiny-sd", prompt="x", output_format="webp", extra_body={"steps": 1})
+    assert base64.b64decode(r.data[0].b64_json)[8:12] == b"WEBP"
+
+
+def test_openai_stream_partial_images(server):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="x")
+    events = list(client.images.generate(model="tiny-sd", prompt="a red cat", stream=True, partial_images=2,
+                                         extra_body={"seed": 4, "steps": 6}))
+    types = [e.type for e in events]
+    assert types == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+    assert [e.partial_image_index for e in events[:2]] == [0, 1]
+    assert events[-1].size == "64x64" and events[-1].b64_json
+
+
+def test_openai_edits_multipart_and_json(server):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="x")
+    src, mask = png_bytes(), png_bytes(mode="L")
+    r = client.images.edit(model="tiny-sd", image=("in.png", src, "image/png"), mask=("m.png", mask, "image/png"),
+                           prompt="a hat", extra_body={"seed": 5, "steps": 2})
+    meta = json.loads(Image.open(io.BytesIO(base64.b64decode(r.data[0].b64_json))).info["corral"])
+    assert meta["mode"] == "inpaint" and meta["seed"] == 5
+    url = "data:image/png;base64," + base64.b64encode(src).decode()
+    r = httpx.post(f"{server.url}/v1/images/edits", json={"model": "tiny-sd", "prompt": "x", "image": url,
+                                                           "strength": 0.5, "steps": 4, "seed": 1}, timeout=60)
+    assert r.status_code == 200, r.text
+    meta = json.loads(Image.open(io.BytesIO(base64.b64decode(r.json()["data"][0]["b64_json"]))).info["corral"])
+    assert meta["mode"] == "img2img"
+
+
+# ---- LoRA per request ----------------------------------------------------------------------------
+
+
+def test_lora_changes_the_image_and_scale_zero_does_not(server):
+    def image(model: str, adapters=None) -> np.ndarray:
+        opts = {"seed": 11}
+        if adapters is not None:
+            opts["adapters"] = adapters
+        r = ollama.Client(host=server.url).generate(model=model, prompt="a red cat", steps=3, options=opts,
+                                                    stream=False)
+        return pixels(base64.b64decode(r.image))
+
+    base = image("tiny-sd")
+    assert np.array_equal(image("tiny-sd", [{"name": "tiny-style", "scale": 0.0}]), base)
+    styled = image("tiny-sd", [{"name": "tiny-style", "scale": 1.0}])
+    assert np.abs(styled - base).max() > 10
+    assert np.array_equal(image("tiny-style"), styled)  # the LoRA model itself: its adapter at scale 1
+    half = image("tiny-sd", {"tiny-style": 0.5})
+    assert not np.array_equal(half, styled) and not np.array_equal(half, base)
+    assert np.array_equal(image("tiny-sd"), base)  # adapters off again after a LoRA request
+    # one loaded pipeline serves the base and its LoRA models
+    assert [m.model for m in ollama.Client(host=server.url).ps().models].count("tiny-sd:latest") <= 1
+    assert len(ollama.Client(host=server.url).ps().models) == 1
+
+
+# ---- serving ---------------------------------------------------------------------------------------
+
+
+def test_concurrent_requests_are_batched_and_equal_their_solo_images(server):
+    async def one(seed: int) -> np.ndarray:
+        async with httpx.AsyncClient(timeout=120) as c:
+            r = await c.post(f"{server.url}/api/generate", json={"model": "tiny-sd", "prompt": f"cat {seed}",
+                                                                 "steps": 3, "stream": False, "options": {"seed": seed}})
+            assert r.status_code == 200, r.text
+            assert r.json()["seed"] == seed  # Corral's field (the ollama package drops unknown ones)
+            return pixels(base64.b64decode(r.json()["image"]))
+
+    async def together() -> list[np.ndarray]:
+        return await asyncio.gather(*[one(s) for s in (21, 22, 23)])
+
+    mark = len(server.log_text())
+    batched = asyncio.run(together())
+    assert "denoising 3 image(s) of 3 request(s)" in server.log_text()[mark:]
+    for seed, got in zip((21, 22, 23), batched):
+        assert np.array_equal(got, asyncio.run(one(seed)))
+
+
+def test_client_that_leaves_cancels_its_image_between_steps(server):
+    mark = len(server.log_text())
+    with httpx.stream("POST", f"{server.url}/api/generate", json={"model": "tiny-sd", "prompt": "long",
+                                                                  "steps": 400, "options": {"seed": 1}}, timeout=60) as r:
+        lines = r.iter_lines()
+        first = [json.loads(next(lines)) for _ in range(3)]
+    assert first[-1]["completed"] == 2 and first[-1]["total"] == 400
+    deadline = time.time() + 30
+    while "denoising run stopped after step" not in server.log_text()[mark:] and time.time() < deadline:
+        time.sleep(0.2)
+    line = next(x for x in server.log_text()[mark:].splitlines() if "denoising run stopped" in x)
+    assert int(line.split("after step ")[1].split()[0]) < 400
+    r = httpx.post(f"{server.url}/api/generate", json={"model": "tiny-sd", "prompt": "next", "steps": 1,
+                                                       "stream": False}, timeout=60)
+    assert r.status_code == 200 and r.json()["image"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"options": {"scheduler": "Foo"}}, "unknown scheduler"),
+    ({"width": 100}, "multiple of 8"),
+    ({"height": 8192}, "at most 4096"),
+    ({"steps": 0}, "steps"),
+    ({"options": {"adapters": [{"name": "tiny", "scale": 1}]}}, "not a LoRA model"),
+    ({"options": {"adapters": [{"name": "nope", "scale": 1}]}}, "not found"),
+    ({"images": ["bm90IGFuIGltYWdl"]}, "not an image"),
+    ({"images": [base64.b64encode(png_bytes()).decode()],
+      "options": {"mask": base64.b64encode(png_bytes((32, 32), mode="L")).decode()}}, "same size"),
+])
+def test_bad_image_requests_are_400(server, body, message):
+    r = httpx.post(f"{server.url}/api/generate", json={"model": "tiny-sd", "prompt": "x", "stream": False, **body},
+                   timeout=60)
+    assert r.status_code in (400, 404), r.text
+    assert message in r.json()["error"]
+
+
+def test_wrong_kind_of_model_and_openai_errors(server):
+    r = httpx.post(f"{server.url}/api/chat", json={"model": "tiny-sd", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 400 and "does not support chat" in r.json()["error"]
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.images.generate(model="tiny", prompt="x")
+    assert "does not support image generation" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.images.generate(model="tiny-sd", prompt="x", size="100x100")
+    assert "multiple of 8" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.images.generate(model="tiny-sd", prompt="x", extra_body={"scheduler": "nope"})
+    assert "unknown scheduler" in err.value.body["message"]
+    r = httpx.post(f"{server.url}/v1/images/edits", json={"model": "tiny-sd", "prompt": "x"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "image"
+    assert httpx.get(f"{server.url}/api/version").status_code == 200
+
+
+# ---- tools -----------------------------------------------------------------------------------------
+
+
+def test_generate_and_edit_image_tools_return_artifacts(server):
+    r = httpx.post(f"{server.url}/api/tools/generate_image",
+                   json={"arguments": {"prompt": "a red cat", "model": "tiny-sd", "steps": 2, "seed": 8}}, timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    art = out["artifacts"][0]
+    assert art["media_type"] == "image/png" and out["json"]["images"][0]["seed"] == 8
+    got = httpx.get(f"{server.url}{art['url']}")
+    assert got.status_code == 200 and json.loads(Image.open(io.BytesIO(got.content)).info["corral"])["seed"] == 8
+    r = httpx.post(f"{server.url}/api/tools/edit_image",
+                   json={"arguments": {"prompt": "a hat", "image": art["digest"], "steps": 2, "strength": 0.5}},
+                   timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["artifacts"][0]["digest"] != art["digest"]
+    r = httpx.post(f"{server.url}/api/tools/edit_image",
+                   json={"arguments": {"prompt": "a hat", "image": "sha256:" + "0" * 64}}, timeout=60)
+    assert r.status_code == 422
