@@ -251,3 +251,22 @@ async def test_one_base_counted_once_in_the_memory_plan(tmp_path, store_dir, lor
         answer = await inference.generate_once(GenerateParams(model="plan-a0", prompt=PROMPT, raw=True,
                                                               options={"num_predict": 4, "temperature": 0}))
         assert answer.content
+
+
+def test_adapters_through_the_openai_api(adapter_server):
+    """The `openai` SDK sends Corral's options in extra_body; the adapter applies as on /api/chat."""
+    import openai
+
+    messages = [{"role": "user", "content": "Name a colour."}]
+    client = openai.OpenAI(base_url=adapter_server.url + "/v1", api_key="unused")
+    via_openai = client.chat.completions.create(
+        model="gemma3:270m", messages=messages, max_tokens=12, temperature=0,
+        extra_body={"options": {"adapters": [{"name": "gemma-a1", "scale": 1.0}]}})
+    via_ollama = ollama.Client(host=adapter_server.url).chat(
+        model="gemma-a1", messages=messages, options={"num_predict": 12, "temperature": 0})
+    base = ollama.Client(host=adapter_server.url).chat(
+        model="gemma3:270m", messages=messages, options={"num_predict": 12, "temperature": 0})
+    assert via_openai.choices[0].message.content == via_ollama.message.content != base.message.content
+    with pytest.raises(openai.BadRequestError, match="must not be negative"):
+        client.chat.completions.create(model="gemma3:270m", messages=messages, max_tokens=2,
+                                       extra_body={"options": {"adapters": [{"name": "gemma-a1", "scale": -2}]}})
