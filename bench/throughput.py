@@ -12,7 +12,11 @@ For each concurrency N, in one run on one model:
 - with `--engine`: the same load on Corral's engine in this process (a Runner, no HTTP), which
   tells the engine's share of the gap from the HTTP layer's.
 - with `--llama-server PATH`: the same load against llama-server (a binary built from the same
-  llama.cpp sources, `-np N`) on its /completion endpoint, the anchor to beat.
+  llama.cpp sources, `-np N`) on its /completion endpoint, the anchor to beat: built as its users
+  build it (default CMake flags, llamafile kernels on); `--llama-server-exact PATH` adds one built
+  with Corral's exact flags (-DGGML_LLAMAFILE=OFF), the build deterministic mode loads.
+- with `--batched-bench PATH`: llama-batched-bench (default build) at N sequences, prompt 32 tokens,
+  `--tokens` generated: its generation rate (S_TG), the raw ceiling as llama.cpp's own tool measures it.
 Each level is measured `--repeat` times, each load between two raw measurements: its ratio is
 taken against their mean, so the machine's drift between phases cancels. Prints one line per level
 (medians, and the ratio of every repeat); --json prints one JSON object.
@@ -168,9 +172,12 @@ def measure_level(server: CorralProcess, path: str, n: int, args: argparse.Names
     """`--repeat` rounds of raw, Corral (and llama-server), raw again: each load's ratio is taken
     against the mean of the raw figures just before and after it, so the machine's drift between
     phases cancels; the level reports medians over the rounds."""
-    anchor = LlamaServer(args.llama_server, path, n) if args.llama_server else None
+    binaries = {name: binary for name, binary in (("llama_server", args.llama_server),
+                                                  ("llama_server_exact", args.llama_server_exact)) if binary}
+    servers = {name: LlamaServer(binary, path, n) for name, binary in binaries.items()}
     raws = [raw_decode(path, n, args.tokens, extra_bufts=True)]
-    corral, ttfts, anchors, anchor_ttfts, engine = [], [], [], [], []
+    corral, ttfts, engine = [], [], []
+    anchored: dict[str, tuple[list, list]] = {name: ([], []) for name in servers}
     try:
         for _ in range(args.repeat):
             agg, ttft = asyncio.run(corral_load(server.url, args.model, n, args.tokens, args.rounds))
@@ -178,14 +185,14 @@ def measure_level(server: CorralProcess, path: str, n: int, args: argparse.Names
             ttfts.append(ttft)
             if args.engine:
                 engine.append(engine_load(path, n, args.tokens, args.rounds, args.parallel))
-            if anchor:
+            for name, anchor in servers.items():
                 agg, ttft = asyncio.run(corral_load(anchor.url, args.model, n, args.tokens, args.rounds,
                                                     llama_server=True))
-                anchors.append(agg)
-                anchor_ttfts.append(ttft)
+                anchored[name][0].append(agg)
+                anchored[name][1].append(ttft)
             raws.append(raw_decode(path, n, args.tokens, extra_bufts=True))
     finally:
-        if anchor:
+        for anchor in servers.values():
             anchor.close()
     around = [(a + b) / 2 for a, b in zip(raws, raws[1:])]
     med = statistics.median
@@ -198,13 +205,30 @@ def measure_level(server: CorralProcess, path: str, n: int, args: argparse.Names
     if engine:
         level.update(engine_tok_s=[round(e, 1) for e in engine], engine_ratios=[round(e / r, 3) for e, r in zip(engine, around)])
         level["engine_ratio"] = med(level["engine_ratios"])
-    if anchor:
-        level.update(llama_server_tok_s=[round(a, 1) for a in anchors],
-                     llama_server_ttft_p50_ms=round(med(anchor_ttfts), 1),
-                     llama_server_ratios=[round(a / r, 3) for a, r in zip(anchors, around)],
-                     corral_vs_llama_server=round(med(c / a for c, a in zip(corral, anchors)), 3))
-        level["llama_server_ratio"] = med(level["llama_server_ratios"])
+    for name, (anchors, anchor_ttfts) in anchored.items():
+        level.update({f"{name}_tok_s": [round(a, 1) for a in anchors],
+                      f"{name}_ttft_p50_ms": round(med(anchor_ttfts), 1),
+                      f"{name}_ratios": [round(a / r, 3) for a, r in zip(anchors, around)],
+                      f"corral_vs_{name}": round(med(c / a for c, a in zip(corral, anchors)), 3)})
+        level[f"{name}_ratio"] = med(level[f"{name}_ratios"])
+    if args.batched_bench:
+        level["batched_bench_tok_s"] = batched_bench(args.batched_bench, path, n, args.tokens)
+        level["corral_vs_batched_bench"] = round(med(corral) / level["batched_bench_tok_s"], 3)
     return level
+
+
+def batched_bench(binary: str, path: str, n: int, n_tokens: int) -> float:
+    """llama-batched-bench's generation rate (S_TG, tok/s) for n sequences of n_tokens after 32 prompt tokens."""
+    import subprocess
+
+    out = subprocess.run([binary, "-m", path, "-c", str((n_tokens + 64) * n), "-b", "512", "-ub", "512",
+                          "-npp", "32", "-ntg", str(n_tokens), "-npl", str(n), "-t", str(default_threads())],
+                         capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 10 and cells[0] == "32" and cells[2] == str(n):
+            return float(cells[7])  # | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |
+    raise RuntimeError(f"no result line in llama-batched-bench's output:\n{out}")
 
 
 def describe(level: dict) -> str:
@@ -215,10 +239,13 @@ def describe(level: dict) -> str:
              f"ratio {level['ratio']:.3f} {level['ratios']}")
     if "engine_ratio" in level:
         line += f"  | engine in-process {statistics.median(level['engine_tok_s']):7.1f} tok/s  ratio {level['engine_ratio']:.3f}"
-    if "llama_server_ratio" in level:
-        line += (f"  | llama-server {statistics.median(level['llama_server_tok_s']):7.1f} tok/s  TTFT p50 "
-                 f"{level['llama_server_ttft_p50_ms']:6.1f} ms  ratio {level['llama_server_ratio']:.3f}  "
-                 f"corral/llama-server {level['corral_vs_llama_server']:.3f}")
+    for name, label in (("llama_server", "llama-server"), ("llama_server_exact", "llama-server (exact flags)")):
+        if f"{name}_ratio" in level:
+            line += (f"  | {label} {statistics.median(level[f'{name}_tok_s']):7.1f} tok/s  TTFT p50 "
+                     f"{level[f'{name}_ttft_p50_ms']:6.1f} ms  corral/{label} {level[f'corral_vs_{name}']:.3f}")
+    if "batched_bench_tok_s" in level:
+        line += (f"  | llama-batched-bench {level['batched_bench_tok_s']:7.1f} tok/s  "
+                 f"corral/batched-bench {level['corral_vs_batched_bench']:.3f}")
     return line
 
 
@@ -231,7 +258,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="measurements per level, each between two raw ones")
     ap.add_argument("--asgi", default="uvicorn", choices=["uvicorn", "granian"])
     ap.add_argument("--engine", action="store_true", help="also measure the engine in-process, without HTTP")
-    ap.add_argument("--llama-server", default="", help="path to a llama-server binary: also measure it")
+    ap.add_argument("--llama-server", default="", help="path to a llama-server binary (default build): also measure it")
+    ap.add_argument("--llama-server-exact", default="", help="path to a llama-server built with -DGGML_LLAMAFILE=OFF")
+    ap.add_argument("--batched-bench", default="", help="path to llama-batched-bench (default build)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]

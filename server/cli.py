@@ -102,6 +102,10 @@ def create(args: argparse.Namespace) -> None:
         print(f"Error: {message}", file=sys.stderr)
         sys.exit(1)
 
+    if getattr(args, "onnx_from", None):
+        from .imaging.cli import export_onnx_model  # an image model exported to ONNX (/api/images/export)
+
+        return export_onnx_model(args, server_url())
     if getattr(args, "diffusers", None) or getattr(args, "diffusers_lora", None):
         from .imaging.cli import create_image_model  # a diffusion pipeline or a LoRA for one
 
@@ -273,6 +277,9 @@ def main(argv: list[str] | None = None) -> None:
     create_parser.add_argument("--diffusers-lora", metavar="FILE", action="append",
                                help="a LoRA (.safetensors) for the image model --from (repeatable)")
     create_parser.add_argument("--from", dest="from_", metavar="MODEL", help="the image model a LoRA is for")
+    create_parser.add_argument("--onnx-from", metavar="IMAGE_MODEL", help="export this image model to ONNX as NAME")
+    create_parser.add_argument("--adapter", metavar="NAME[:SCALE]", action="append",
+                               help="with --onnx-from: a LoRA model fused before the export (repeatable)")
     create_parser.set_defaults(func=create)
     agent_parser = sub.add_parser("agent", help="manage agents: create NAME -f FILE, list, rm NAME")
     agent_parser.add_argument("action", choices=["create", "list", "rm"])

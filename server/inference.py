@@ -645,6 +645,45 @@ class Inference:
             vectors = [v[:dimensions] for v in vectors]
         return Embeddings(vectors, sum(len(t) for t in token_lists), load_ns)
 
+    def is_reranker(self, model: Model) -> bool:
+        """Whether llama.cpp rank-pools this GGUF (`<arch>.pooling_type` 4): a reranker (engine/ranker.py)."""
+        from .engine.ranker import is_reranker
+
+        return model.model_path is not None and is_reranker(model.gguf.arch_value("pooling_type"))
+
+    async def rerank(self, name: str, query: str, documents: list[str]) -> tuple[list[float], int]:
+        """A GGUF reranker's raw score for each (query, document) pair, in order, and the tokens read:
+        each pair a sequence of the model's embedding context (rank pooling), batch by batch in worker
+        threads as `embed` runs; a cancelled caller stops after the batch under way."""
+        from .engine.ranker import pair_tokens
+
+        model = self.model(name)
+        if not self.is_reranker(model):
+            raise BadRequest(f"model '{name}' is not a reranker")
+        prep = self.prepare(model, None, None)
+        async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
+            try:
+                embedder = await asyncio.to_thread(loaded.embedder_for, self.settings.num_threads,
+                                                   self.scheduler.free_memory())
+            except InsufficientMemory as exc:
+                raise BadRequest(str(exc)) from exc
+            stop = threading.Event()
+
+            def tokens() -> list[list[int]]:
+                out = []
+                for document in documents:
+                    if stop.is_set():
+                        return []
+                    out.append(pair_tokens(loaded.llama, query, document, embedder.n_ctx))
+                return out
+
+            token_lists = await _in_thread(tokens, stop=stop)
+            scores: list[float] = []
+            for batch in embedder.batches(token_lists):
+                async with loaded.embed_turn:
+                    scores += [v[0] for v in await _in_thread(embedder.embed_batch, batch)]
+        return scores, sum(len(t) for t in token_lists)
+
     def _embed_tokens(self, loaded: Loaded, embedder: Embedder, inputs: list[str], truncate: bool,
                       stop: threading.Event) -> list[list[int]]:
         """Each input's tokens, fitted to the embedding context; stops early once `stop` is set."""

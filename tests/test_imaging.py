@@ -280,6 +280,42 @@ def test_client_that_leaves_cancels_its_image_between_steps(server):
     assert r.status_code == 200 and r.json()["image"]
 
 
+def test_client_that_leaves_a_shared_run_drops_its_rows(server):
+    """Two requests in one denoising run; one client leaves after two steps: its rows leave the batch (no
+    more work for it) and the other request still gets exactly its solo image."""
+    body = {"model": "tiny-sd", "steps": 60}
+
+    async def leaver() -> None:
+        async with httpx.AsyncClient(timeout=60) as c:
+            async with c.stream("POST", f"{server.url}/api/generate",
+                                json={**body, "prompt": "goes away", "options": {"seed": 31}}) as r:
+                seen = 0
+                async for line in r.aiter_lines():
+                    seen += bool(line.strip())
+                    if seen == 3:
+                        return
+
+    async def stayer() -> np.ndarray:
+        async with httpx.AsyncClient(timeout=120) as c:
+            r = await c.post(f"{server.url}/api/generate", json={**body, "prompt": "stays", "stream": False,
+                                                                 "options": {"seed": 32}})
+            assert r.status_code == 200, r.text
+            return pixels(base64.b64decode(r.json()["image"]))
+
+    async def together() -> np.ndarray:
+        return (await asyncio.gather(leaver(), stayer()))[1]
+
+    mark = len(server.log_text())
+    got = asyncio.run(together())
+    log = server.log_text()[mark:]
+    assert "denoising 2 image(s) of 2 request(s)" in log
+    line = next(x for x in log.splitlines() if "dropped 1 row(s) of 1 request(s) that went away" in x)
+    assert int(line.split("after step ")[1].split()[0]) < 60 and line.rstrip().endswith("1 image(s) go on")
+    solo = httpx.post(f"{server.url}/api/generate", json={**body, "prompt": "stays", "stream": False,
+                                                          "options": {"seed": 32}}, timeout=120)
+    assert np.array_equal(got, pixels(base64.b64decode(solo.json()["image"])))
+
+
 @pytest.mark.parametrize("body, message", [
     ({"options": {"scheduler": "Foo"}}, "unknown scheduler"),
     ({"width": 100}, "multiple of 8"),

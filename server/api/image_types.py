@@ -76,3 +76,12 @@ class ImageStreamEvent(msgspec.Struct, omit_defaults=True):
     partial_image_index: int | None = None  # partial events: 0 … partial_images-1
     usage: ImageUsage | None = None  # completed events
     seed: int | None = None  # Corral: the image's seed
+
+
+class ImageExportRequest(msgspec.Struct, kw_only=True):
+    """`POST /api/images/export`: an image model to ONNX, stored as a new model (format onnx)."""
+
+    model: str = ""  # the new (ONNX) model's name: must not exist yet
+    from_: str = msgspec.field(default="", name="from")  # the image model to export (PyTorch, diffusers)
+    adapters: Any = None  # LoRA models fused first: [{"name", "scale"}], {name: scale} or ["name:scale"]
+    stream: bool | None = None  # false: one JSON object, the last status

@@ -253,7 +253,25 @@ async def _multipart(request: Request) -> tuple[it_.ImageGenerationRequest, byte
     return body, files["image"][0], mask
 
 
+# ---- Corral: POST /api/images/export (an image model to ONNX, as a new model) ----------------------
+
+
+@post("/api/images/export", status_code=200)
+async def export(request: Request) -> Response | Stream:
+    """Progress like /api/pull (`{"status"}` lines, `{"status": "success"}` last; `stream: false`: the
+    last one); bad input before the first line: 400, an unknown model 404."""
+    from .models import _progress
+
+    body = await decode(request, it_.ImageExportRequest)
+    if not body.from_:
+        raise APIError(400, "from is required: the image model to export")
+    with _bad_input():
+        adapters = parse_adapters(body.adapters)
+    return await _progress(image_service(request).export_onnx(body.from_, body.model, adapters), body.stream)
+
+
 ROUTES = [
+    export,
     Router(
         path="/v1",
         route_handlers=[generations, edits],

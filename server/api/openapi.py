@@ -302,6 +302,13 @@ OPERATIONS: tuple[Operation, ...] = (
                          "image": "data:image/png;base64,iVBORw0KGgo="},),
               description="multipart/form-data as the openai SDK sends it (`image` and `mask` files, other fields "
                           "as text), or JSON with `image`/`mask` as data URLs. Streams `image_edit.*` events."),
+    Operation("post", "/api/images/export", "Export an image model to ONNX as a new model", CORRAL,
+              request=it_.ImageExportRequest, response=t.ProgressResponse,
+              stream=(t.ProgressResponse, t.ErrorResponse),
+              examples=({"model": "tiny-sd-onnx", "from": "tiny-sd", "adapters": {"tiny-style": 0.8}},),
+              description="Text encoder, UNet and VAE decoder through torch.onnx (LoRA adapters fused first), "
+                          "stored as a model of format onnx served on onnxruntime. Progress like /api/pull. "
+                          "An unknown model: 404; not a PyTorch image model, a taken name, a bad adapter: 400."),
     # ---- llama-server, Corral's own
     Operation("post", "/infill", "llama-server's fill-in-the-middle (llama.vscode)", LLAMACPP,
               request=llamacpp.InfillRequest, response=llamacpp.InfillResponse, stream=llamacpp.InfillResponse,

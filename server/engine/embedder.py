@@ -86,6 +86,8 @@ class Embedder:
         if rc != 0:
             raise RuntimeError(f"embedding failed with status {rc}")
         dim = C.llama_model_n_embd_out(self.model.ptr) if hasattr(C, "llama_model_n_embd_out") else self.model.n_embd
+        if C.llama_pooling_type(self.ctx) == C.LLAMA_POOLING_TYPE_RANK:  # a reranker: n_cls_out scores
+            dim = C.llama_model_n_cls_out(self.model.ptr)
         vectors = []
         for seq in range(len(group)):
             ptr = C.llama_get_embeddings_seq(self.ctx, seq)

@@ -1,4 +1,5 @@
-"""`corral create NAME --diffusers DIR` and `corral create NAME --from IMAGE_MODEL --diffusers-lora FILE`.
+"""`corral create NAME --diffusers DIR`, `corral create NAME --from IMAGE_MODEL --diffusers-lora FILE` and
+`corral create NAME --onnx-from IMAGE_MODEL [--adapter LORA[:SCALE]]` (POST /api/images/export).
 
 Like `corral create -f Modelfile`, the files are uploaded to /api/blobs and /api/create gets their
 digests (server/imaging/store.py describes both forms); the server never reads a client's path.
@@ -122,5 +123,36 @@ def create_image_model(args: argparse.Namespace, server_url: str) -> None:
                     _fail(item["error"])
                 last = item.get("status")
                 print(last, flush=True)
+    if last != "success":
+        _fail("the server did not report success")
+
+
+def export_onnx_model(args: argparse.Namespace, server_url: str) -> None:
+    """`corral create NAME --onnx-from IMAGE_MODEL [--adapter LORA[:SCALE] …]`: the server exports the model
+    (POST /api/images/export); its progress lines are printed as they come."""
+    import httpx
+
+    if args.diffusers or args.diffusers_lora or args.from_:
+        _fail("--onnx-from goes alone (with --adapter): it exports a stored image model")
+    client = httpx.Client(base_url=server_url, timeout=httpx.Timeout(30.0, read=None))
+    request = {"model": args.name, "from": args.onnx_from, "adapters": list(args.adapter or [])}
+    last = None
+    try:
+        with client.stream("POST", "/api/images/export", json=request) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                try:
+                    _fail(resp.json().get("error") or resp.text)
+                except ValueError:
+                    _fail(resp.text)
+            for line in resp.iter_lines():
+                if line.strip():
+                    item = json.loads(line)
+                    if item.get("error"):
+                        _fail(item["error"])
+                    last = item.get("status")
+                    print(last, flush=True)
+    except httpx.HTTPError as exc:
+        _fail(f"could not connect to the server: {exc}")
     if last != "success":
         _fail("the server did not report success")

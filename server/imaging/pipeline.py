@@ -9,7 +9,13 @@ MAX_ADAPTERS, least recently used dropped first); each run sets the batch's adap
 `set_adapters`, and a run with none disables them, so the base weights compute exactly as before.
 
 Each image has its own `torch.Generator` seeded with its seed, so an image is the same whether it is
-made alone or in a batch with others.
+made alone or in a batch with others. A job that leaves a run shared with others has its rows taken out of
+the batch at the next step's end (`_drop_rows`: latents, prompt embeddings, the scheduler's per-row state,
+the generators), where the pipeline allows it (`_can_drop_rows`); elsewhere its images are discarded.
+
+diffusers' LoRA hot-swap (`enable_lora_hotswap`, `load_lora_weights(hotswap=True)`) is not used: it only
+saves a recompilation of a `torch.compile`d UNet (not compiled here), needs one rank for every adapter
+chosen before the first load and the same target layers as the adapter replaced, and skips text encoders.
 """
 
 from __future__ import annotations
@@ -88,6 +94,7 @@ class Pipeline:
         self._modes: dict[str, Any] = {"text2img": pipe}
         self._adapters: OrderedDict[str, str] = OrderedDict()  # adapter name → file, loaded on the pipeline
         self.lock = threading.Lock()
+        self.dropped_rows = 0  # images of requests that left a shared run, no longer computed
 
     @property
     def default_size(self) -> tuple[int, int]:
@@ -158,28 +165,47 @@ class Pipeline:
                 if mode == "inpaint":
                     kwargs.update(mask_image=masks, height=first.height, width=first.width)
             partial_at = {j: _partial_steps(job, first.steps) for j, job in enumerate(jobs)}
+            rows = list(range(len(owners)))  # the run's batch rows still computed → index into owners
+            droppable = _can_drop_rows(pipe)
+            left: set[int] = set()  # jobs whose leaving was already handled
 
             def on_step_end(p: Any, i: int, t: Any, tensors: dict) -> dict:
+                nonlocal rows
                 total = int(getattr(p, "num_timesteps", 0) or first.steps)
                 if all(job.cancelled.is_set() for job in jobs):
                     log.info("denoising run stopped after step %d of %d: its requests went away", i + 1, total)
                     raise Cancelled()
+                gone = {j for j, job in enumerate(jobs) if job.cancelled.is_set()} - left
+                if gone:
+                    left.update(gone)
+                    keep = [k for k, row in enumerate(rows) if owners[row] not in left]
+                    if droppable:
+                        tensors = _drop_rows(p, tensors, keep, len(rows), generators)
+                        dropped, rows = len(rows) - len(keep), [rows[k] for k in keep]
+                        self.dropped_rows += dropped
+                        log.info("dropped %d row(s) of %d request(s) that went away after step %d of %d: "
+                                 "%d image(s) go on", dropped, len(gone), i + 1, total, len(rows))
+                    else:
+                        log.info("%d request(s) went away after step %d of %d: %s cannot drop rows mid-run, "
+                                 "their images are finished and discarded", len(gone), i + 1, total, type(p).__name__)
                 for j, job in enumerate(jobs):
                     if job.cancelled.is_set():
                         continue
                     job.on_step(i + 1, total)
                     if i + 1 in partial_at[j]:
-                        start = owners.index(j)
-                        latents = tensors["latents"][start:start + len(job.seeds)]
+                        mine = [k for k, row in enumerate(rows) if owners[row] == j]
+                        latents = tensors["latents"][mine[0]:mine[-1] + 1]
                         job.on_partial(sorted(partial_at[j]).index(i + 1), self._decode(p, latents))
                 return tensors
 
             kwargs["callback_on_step_end"] = on_step_end
+            kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"] if droppable else ["latents"]
             with torch.inference_mode():
                 out = pipe(**kwargs).images
         results: list[list[Any]] = [[] for _ in jobs]
-        for owner, image in zip(owners, out):
-            results[owner].append(image)
+        for row, image in zip(rows, out):
+            if owners[row] not in left:
+                results[owners[row]].append(image)
         return results
 
     def _decode(self, pipe: Any, latents: Any) -> list[Any]:
@@ -197,6 +223,50 @@ class Pipeline:
                 import torch
 
                 torch.cuda.empty_cache()
+
+
+DROPPABLE = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
+
+
+def _can_drop_rows(pipe: Any) -> bool:
+    """Whether rows can leave this pipeline's batch between steps: Stable Diffusion text-to-image and
+    image-to-image (whose loops take back `latents` and `prompt_embeds` from the step callback and hold
+    nothing else per row), without a guidance embedding (LCM's `timestep_cond` is sized once per run)."""
+    unet = getattr(pipe, "unet", None)
+    return (type(pipe).__name__ in DROPPABLE and unet is not None
+            and getattr(unet.config, "time_cond_proj_dim", None) is None)
+
+
+def _drop_rows(pipe: Any, tensors: dict, keep: list[int], batch: int, generators: list) -> dict:
+    """Keep only the batch rows `keep` of a run between two steps: the latents, the prompt embeddings
+    (with classifier-free guidance [negative; positive], each `batch` rows), the per-row state the
+    scheduler holds (multistep solvers' previous outputs: any tensor of the latents' rank with `batch`
+    rows), and the generators (in place: the scheduler's step and the VAE hold the same list)."""
+    import torch
+
+    index = torch.tensor(keep, dtype=torch.long)
+    latents = tensors["latents"]
+
+    def cut(x: Any) -> Any:
+        if isinstance(x, torch.Tensor) and x.ndim == latents.ndim and x.shape[0] == batch:
+            return x.index_select(0, index.to(x.device))
+        return x
+
+    out = dict(tensors)
+    out["latents"] = cut(latents)
+    embeds = tensors["prompt_embeds"]
+    if embeds.shape[0] == 2 * batch:
+        out["prompt_embeds"] = embeds.index_select(0, torch.cat([index, index + batch]).to(embeds.device))
+    else:
+        out["prompt_embeds"] = embeds.index_select(0, index.to(embeds.device))
+    scheduler = pipe.scheduler
+    for name, value in list(vars(scheduler).items()):
+        if isinstance(value, torch.Tensor):
+            setattr(scheduler, name, cut(value))
+        elif isinstance(value, list) and any(isinstance(v, torch.Tensor) for v in value):
+            setattr(scheduler, name, [cut(v) for v in value])
+    generators[:] = [generators[k] for k in keep]
+    return out
 
 
 def _partial_steps(job: Job, steps: int) -> set[int]:

@@ -7,13 +7,15 @@ counts toward OLLAMA_MAX_QUEUE, beyond which a 503); the queue's worker takes th
 every other waiting job with the same size, steps, scheduler, guidance, strength and adapter set (up to
 CORRAL_IMAGE_BATCH images) and runs them as one denoising run in its own thread. Progress comes back per
 step; a request whose caller goes away is dropped from the queue, or, running, stops its run between two
-steps once every job of that run is gone (a run shared with others finishes for them).
+steps once every job of that run is gone; in a run shared with others its rows leave the batch between two
+steps (pipeline.py: `_drop_rows`), or, where the pipeline cannot drop rows, its images are discarded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -389,12 +391,22 @@ class ImageService:
 
     async def export_onnx(self, name: str, target: str, adapters: list[tuple[str, float]] | None = None
                           ) -> AsyncIterator[dict]:
-        """Export an image model to ONNX as the model `target` (LoRA adapters fused at their scales);
-        Ollama-style progress, "success" last."""
+        """Export an image model to ONNX as the new model `target` (LoRA adapters fused at their scales);
+        Ollama-style progress (`{"status"}`, with `completed`/`total` of the three parts), "success" last.
+        Every bad input fails before the first item: an unknown model 404, a model that is not a PyTorch
+        image model, a taken or invalid target name, a bad adapter 400."""
         import tempfile
 
         from . import onnx, store as image_store
 
+        if not target:
+            raise BadRequest("the new model's name is required")
+        try:
+            taken = self.store.find(ModelName.parse(target))
+        except InvalidName as exc:
+            raise BadRequest(str(exc)) from exc
+        if taken is not None:
+            raise BadRequest(f"model {target!r} already exists (delete it first, or choose another name)")
         model = self._image_model(name)
         if (model.diffusers_index or {}).get("variant") == "onnx":
             raise BadRequest(f"{name} is already an ONNX model")
@@ -403,9 +415,31 @@ class ImageService:
         folder = folder_for(pipeline_model(model), self.loader.root)
         work = self.settings.data_dir / "imaging" / "exports"
         work.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def progress(k: int, n: int, status: str) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, {"status": status, "completed": k, "total": n})
+
         with tempfile.TemporaryDirectory(prefix=".tmp-", dir=work) as tmp:
             yield {"status": "exporting to ONNX"}
-            out = await asyncio.to_thread(onnx.export, folder, Path(tmp) / "onnx", [(p, s) for _, p, s in fused])
+            task = asyncio.ensure_future(asyncio.to_thread(onnx.export, folder, Path(tmp) / "onnx",
+                                                           [(p, s) for _, p, s in fused], progress))
+            try:
+                while not task.done() or not events.empty():
+                    get = asyncio.ensure_future(events.get())
+                    await asyncio.wait({get, task}, return_when=asyncio.FIRST_COMPLETED)
+                    if get.done():
+                        yield get.result()
+                    else:
+                        get.cancel()
+                out = task.result()
+            except ValueError as exc:  # a pipeline the exporter does not take (not UNet + CLIP)
+                raise BadRequest(str(exc)) from exc
+            finally:
+                if not task.done():  # the caller left: the export thread finishes, then its folder goes
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(task)
             files = {}
             for file in sorted(out.rglob("*")):
                 if file.is_file():

@@ -65,6 +65,14 @@ class Reranked:
     score: float
 
 
+@dataclass
+class GgufReranker:
+    """A GGUF model llama.cpp pools with rank pooling: scored by `Inference.rerank`."""
+
+    name: str
+    task: str = "rerank"
+
+
 def _same_model(a: str, b: str) -> bool:
     try:
         return ModelName.parse(a) == ModelName.parse(b)
@@ -157,7 +165,7 @@ class RetrievalService:
             stop = threading.Event()
             return (await run_in_thread(model.embed, texts, True, stop, stop=stop))[0]
         model = self.inference.model(model_name)
-        if "embedding" not in self.inference.capabilities(model):
+        if "embedding" not in self.inference.capabilities(model) or self.inference.is_reranker(model):
             raise BadRequest(f"model '{model_name}' is not an embedding model")
         result = await self.inference.embed(model_name, texts, truncate=True)
         return np.asarray(result.vectors, dtype=np.float32)
@@ -309,7 +317,8 @@ class RetrievalService:
         return hits[:k]
 
     def reranker(self, model_name: str):
-        """The ONNX cross-encoder called `model_name`; NotFound, or BadRequest when it is no reranker."""
+        """The ONNX cross-encoder called `model_name`, or a GgufReranker for a GGUF that llama.cpp
+        rank-pools; NotFound, or BadRequest when it is no reranker."""
         model = self.onnx_model(model_name)
         if model is None:
             try:
@@ -318,8 +327,11 @@ class RetrievalService:
                 raise BadRequest(str(exc)) from exc
             if found is None:
                 raise NotFound(f"model '{model_name}' not found")
+            if self.inference.is_reranker(self.inference.model(model_name)):
+                return GgufReranker(model_name)
             raise BadRequest(f"model '{model_name}' is not a reranker: Corral reranks with cross-encoders "
-                             "exported to ONNX (corral onnx export NAME DIR --task rerank)")
+                             "exported to ONNX (corral onnx export NAME DIR --task rerank) and GGUF rerankers "
+                             "(pooling type rank)")
         if model.task != "rerank":
             raise BadRequest(f"model '{model_name}' is not a reranker")
         return model
@@ -337,8 +349,11 @@ class RetrievalService:
         if top_n is not None and top_n < 1:
             raise BadRequest("top_n must be at least 1")
         model = await run_in_thread(self.reranker, model_name)
-        stop = threading.Event()
-        scores, tokens = await run_in_thread(model.score, query, documents, stop, stop=stop)
+        if isinstance(model, GgufReranker):  # llama.cpp's rank pooling (server/engine/ranker.py)
+            scores, tokens = await self.inference.rerank(model.name, query, documents)
+        else:
+            stop = threading.Event()
+            scores, tokens = await run_in_thread(model.score, query, documents, stop, stop=stop)
         ranked = sorted((Reranked(i, s) for i, s in enumerate(scores)), key=lambda r: (-r.score, r.index))
         return (ranked[:top_n] if top_n else ranked), tokens
 

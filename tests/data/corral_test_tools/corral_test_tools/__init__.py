@@ -35,10 +35,12 @@ class Wait(BaseModel):
 
 
 async def _wait_forever(args: Wait, ctx) -> str:
+    folder = os.environ.get("CORRAL_TEST_MARKERS")
+    if folder:  # tests wait for this before they leave, so that leaving finds the tool running
+        Path(folder, f"started-{args.label}").write_text("started")
     try:
         await asyncio.sleep(3600)
     except asyncio.CancelledError:
-        folder = os.environ.get("CORRAL_TEST_MARKERS")
         if folder:
             Path(folder, f"cancelled-{args.label}").write_text("cancelled")
         raise
