@@ -71,7 +71,7 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict, llama_server: bo
 
 def corral_body(model: str, i: int, n_tokens: int) -> dict:
     return {"model": model, "prompt": prompt_for(i), "stream": True, "raw": True,
-            "options": {"num_predict": n_tokens, "temperature": 0.8, "seed": i, "ignore_eos": True}}
+            "options": {"num_predict": n_tokens, "temperature": 0.8, "ignore_eos": True}}  # no seed: see bench.throughput
 
 
 def llama_server_body(adapter: int | None, i: int, n_tokens: int) -> dict:

@@ -7,7 +7,8 @@ For each concurrency N, in one run on one model:
   per-token work beyond the loop): the ceiling.
 - corral: a `corral serve` process and N concurrent streaming /api/generate clients, each
   sending `--rounds` requests one after another (2, as ../shared/gpu/loadgen.py does for the
-  anchors; `--tokens` tokens each, temperature 0.8, `raw` so the prompt is the same tokens the raw loop
+  anchors; `--tokens` tokens each, temperature 0.8, no seed unless `--seeded` (a seeded request is
+  computed as on an idle server, one at a time under load), `raw` so the prompt is the same tokens the raw loop
   and llama-server process); aggregate tok/s over wall time, TTFT p50.
 - with `--engine`: the same load on Corral's engine in this process (a Runner, no HTTP), which
   tells the engine's share of the gap from the HTTP layer's.
@@ -38,6 +39,9 @@ from server.engine.llama import LlamaModel, context_params, default_threads, new
 from server.engine.runner import Runner
 
 from .common import CorralProcess, ServerProcess, free_port, gguf_path, model_store, prompt_for
+
+
+SEEDED = False  # --seeded: Corral's requests carry a seed (llama-server's always do: it batches them alike)
 
 
 def raw_decode(path: str, n_seq: int, n_tokens: int, extra_bufts: bool) -> float:
@@ -118,7 +122,9 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, i: int, n_tokens
     else:
         path, text_key = "/api/generate", "response"
         body = {"model": model, "prompt": prompt, "stream": True, "raw": True,  # the same tokens as the others
-                "options": {"num_predict": n_tokens, "temperature": 0.8, "seed": i, "ignore_eos": True}}
+                "options": {"num_predict": n_tokens, "temperature": 0.8, "ignore_eos": True}}
+        if SEEDED:  # a seed asks Corral for an idle server's numbers: such requests decode one at a time
+            body["options"]["seed"] = i
     start = time.perf_counter()
     ttft, count = None, 0
     async with client.stream("POST", url + path, json=body) as r:
@@ -261,8 +267,12 @@ def main() -> None:
     ap.add_argument("--llama-server", default="", help="path to a llama-server binary (default build): also measure it")
     ap.add_argument("--llama-server-exact", default="", help="path to a llama-server built with -DGGML_LLAMAFILE=OFF")
     ap.add_argument("--batched-bench", default="", help="path to llama-batched-bench (default build)")
+    ap.add_argument("--seeded", action="store_true",
+                    help="Corral's requests carry a seed (reproducible: they decode one at a time, see README)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    global SEEDED
+    SEEDED = args.seeded
     levels = [int(x) for x in args.concurrency.split(",")]
     args.parallel = max(levels)  # the server's sequences (OLLAMA_NUM_PARALLEL), for every level
     root = model_store(args.model)

@@ -65,6 +65,10 @@ BORROW_MIN = 16
 # a sequence's state whole (there: 0.4 ms for 22 cells, against 3 ms to compute one prompt token)
 BORROW_SPAN = 8
 
+# steps a group of sequences (one adapter set, or one reproducible job) decodes in a row while others
+# wait: gemma3:270m on 2 CPU cores, four streams on four adapters: a switch ~10 ms against ~17 ms a step
+TURN_STEPS = 4
+
 
 class ContextLengthError(ValueError):
     """The prompt does not fit the context and truncation was turned off."""
@@ -167,6 +171,7 @@ class Runner:
         self._loras: dict[str, int] = {}  # adapter file -> llama_adapter_lora pointer (decode thread only)
         self._applied: AdapterSet = ()  # the set llama.cpp applies to the next decode
         self._last_group: tuple | None = None  # the group the previous step decoded (whose turn is next)
+        self._turn_steps = 0  # steps the current group has had in a row
         self._to_drop: set[str] = set()  # adapter files to free once no job uses them
         self._to_load: list[tuple[str, concurrent.futures.Future]] = []  # preloads asked for
         self.n_ubatch = C.llama_n_ubatch(self.ctx)
@@ -440,13 +445,18 @@ class Runner:
         return seq.adapters, (seq.id if seq.job is not None and seq.job.alone else -1)
 
     def _turn(self) -> tuple:
-        """The group this step decodes: the groups of running jobs take turns, in a fixed order."""
+        """The group this step decodes: the groups of running jobs take turns, in a fixed order, each
+        for up to TURN_STEPS steps while it has work (a change of adapter set costs llama.cpp a new
+        graph reservation, about 10 ms on a CPU: a turn of several steps spreads it)."""
         groups = sorted({self._group(seq) for seq in self.seqs if seq.job is not None})
         if len(groups) <= 1:
             turn = groups[0] if groups else ((), -1)
+        elif self._last_group in groups and self._turn_steps < TURN_STEPS:
+            turn = self._last_group
         else:
             later = [g for g in groups if self._last_group is not None and g > self._last_group]
             turn = later[0] if later else groups[0]
+        self._turn_steps = self._turn_steps + 1 if turn == self._last_group else 1
         self._last_group = turn
         return turn
 
