@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from server.errors import BadRequest, NotFound
+from server.errors import BadRequest
 from server.store import manifest as mf
-from server.store.names import InvalidName, ModelName
+from server.store.model import find_model
 from server.store.store import Entry, Store
 
 from .training.errors import TrainingUnavailable
@@ -119,14 +119,7 @@ class ClassifierService:
         self._lock = threading.Lock()
 
     def _model(self, name: str) -> OnnxClassifier:
-        if not name:
-            raise BadRequest("model is required")
-        try:
-            entry = self.store.find(ModelName.parse(name))
-        except InvalidName as exc:
-            raise BadRequest(str(exc)) from None
-        if entry is None:
-            raise NotFound(f"model '{name}' not found")
+        entry = find_model(self.store, name).entry
         if not is_classifier(entry, self.store):
             raise BadRequest(f"model '{name}' is not a classifier (train one with POST /api/train, "
                              "task sequence-classification)")

@@ -7,15 +7,14 @@ Errors are typed exceptions; the API layer turns them into status codes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from adapters.catalog import AdapterCatalog
 
@@ -32,15 +31,14 @@ from .messages import Message, ToolCall, ToolSpec, message_dict, tool_dict
 from .reply import ReplyParser, prompt_opens_thinking
 from .options import OptionError, Options, parse_options
 from .scheduler import Loaded, ModelLoadError, QueueFull, RunnerOptions, Scheduler
-from .store.model import Model
+from .store.model import Model, find_model
 from .store.gguf import GGUFError
-from .store.names import InvalidName, ModelName
+from .threads import in_thread
 from .store.store import Store
 from .template.prompt import PromptError, render_chat, render_generate
 
 log = logging.getLogger("corral")
 
-T = TypeVar("T")
 
 __all__ = [
     "BadRequest", "NotFound", "EngineError", "QueueFull", "ModelLoadError", "Inference", "GenerateParams",
@@ -173,15 +171,7 @@ class Inference:
     # ---- lookup ------------------------------------------------------------------------
 
     def model(self, name: str) -> Model:
-        if not name:
-            raise BadRequest("model is required")
-        try:
-            entry = self.store.find(ModelName.parse(name))
-        except InvalidName as exc:
-            raise BadRequest(str(exc)) from exc
-        if entry is None:
-            raise NotFound(f"model '{name}' not found")
-        return Model(self.store, entry)
+        return find_model(self.store, name)
 
     def keep_alive(self, value: Any) -> float | None:
         try:
@@ -329,7 +319,7 @@ class Inference:
         if params.suffix and not params.raw and not self._uses_go_fim(params, model):
             prep = self.prepare(model, params.options, params.keep_alive)
             async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
-                tokens = await _in_thread(self._fim_tokens, loaded, params.prompt, params.suffix)
+                tokens = await in_thread(self._fim_tokens, loaded, params.prompt, params.suffix)
                 return loaded.llama.detokenize(tokens or [], special=True)
         return await asyncio.to_thread(self.render_generate, params, model)
 
@@ -342,7 +332,7 @@ class Inference:
         start = time.perf_counter_ns()
         async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
             load_ns = time.perf_counter_ns() - start
-            text, tokens = await _in_thread(self._generate_prompt, loaded, params, model)
+            text, tokens = await in_thread(self._generate_prompt, loaded, params, model)
             fim = params.suffix and not params.raw
             stop_tokens = self._fim_stops(loaded) if fim else frozenset()
             think = self._thinking(params.think, model)
@@ -362,7 +352,7 @@ class Inference:
 
     def _generate_prompt(self, loaded: Loaded, params: GenerateParams, model: Model) -> tuple[str, list[int]]:
         """The prompt's text (empty for FIM from the model's own tokens) and its tokens.
-        Blocking: call through `_in_thread`, as rendering and tokenizing a long prompt take seconds."""
+        Blocking: call through `in_thread`, as rendering and tokenizing a long prompt take seconds."""
         if params.suffix and not params.raw and not self._uses_go_fim(params, model):
             tokens = self._fim_tokens(loaded, params.prompt, params.suffix)
             if tokens is None:
@@ -408,7 +398,7 @@ class Inference:
         start = time.perf_counter_ns()
         async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
             load_ns = time.perf_counter_ns() - start
-            text, tokens = await _in_thread(self._chat_prompt, loaded, params, model, prep.options.num_predict)
+            text, tokens = await in_thread(self._chat_prompt, loaded, params, model, prep.options.num_predict)
             think = self._thinking(params.think, model)
             names = [t["function"]["name"] for t in tools] if tools else None
             parser = ReplyParser(think=think, in_thinking=prompt_opens_thinking(text), tool_format=tool_format,
@@ -421,7 +411,7 @@ class Inference:
         """The rendered chat and its tokens. When it is too long for the context (and truncation is on),
         the oldest messages go first, whole, as in Ollama: system messages and the last message stay,
         and the template renders what is left. Only a last message too long by itself is cut in tokens
-        (by the runner). Blocking: call through `_in_thread`."""
+        (by the runner). Blocking: call through `in_thread`."""
         bos = self._bos(loaded)
 
         def render(messages: list[dict]) -> tuple[str, list[int]]:
@@ -459,7 +449,7 @@ class Inference:
         start = time.perf_counter_ns()
         async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:
             load_ns = time.perf_counter_ns() - start
-            tokens = await _in_thread(self._infill_tokens, loaded, model, prefix, suffix, extra or [], middle)
+            tokens = await in_thread(self._infill_tokens, loaded, model, prefix, suffix, extra or [], middle)
             params = GenerateParams(model=name)
             job = self._job(prep, tokens, params, None, self._fim_stops(loaded))
             async for item in self._run(loaded, job, ReplyParser(think=False), start, load_ns, keep_context=False):
@@ -467,7 +457,7 @@ class Inference:
 
     def _infill_tokens(self, loaded: Loaded, model: Model, prefix: str, suffix: str, extra: list[tuple[str, str]],
                        middle: str) -> list[int]:
-        """The infill prompt's tokens (blocking: call through `_in_thread`)."""
+        """The infill prompt's tokens (blocking: call through `in_thread`)."""
         llama, fim = loaded.llama, loaded.llama.fim
         tokens = self._fim_tokens(loaded, prefix, suffix)
         if tokens is None:
@@ -634,11 +624,11 @@ class Inference:
             except InsufficientMemory as exc:  # num_ctx too large for an embedding context here
                 raise BadRequest(str(exc)) from exc
             stop = threading.Event()
-            token_lists = await _in_thread(self._embed_tokens, loaded, embedder, inputs, truncate, stop, stop=stop)
+            token_lists = await in_thread(self._embed_tokens, loaded, embedder, inputs, truncate, stop, stop=stop)
             vectors: list[list[float]] = []
             for batch in embedder.batches(token_lists):
                 async with loaded.embed_turn:
-                    vectors += await _in_thread(embedder.embed_batch, batch)
+                    vectors += await in_thread(embedder.embed_batch, batch)
         if normalized:
             vectors = [normalize(v[:dimensions] if dimensions else v) for v in vectors]
         elif dimensions:
@@ -677,11 +667,11 @@ class Inference:
                     out.append(pair_tokens(loaded.llama, query, document, embedder.n_ctx))
                 return out
 
-            token_lists = await _in_thread(tokens, stop=stop)
+            token_lists = await in_thread(tokens, stop=stop)
             scores: list[float] = []
             for batch in embedder.batches(token_lists):
                 async with loaded.embed_turn:
-                    scores += [v[0] for v in await _in_thread(embedder.embed_batch, batch)]
+                    scores += [v[0] for v in await in_thread(embedder.embed_batch, batch)]
         return scores, sum(len(t) for t in token_lists)
 
     def _embed_tokens(self, loaded: Loaded, embedder: Embedder, inputs: list[str], truncate: bool,
@@ -709,27 +699,6 @@ def _plain(params: ChatParams) -> ChatParams:
     """Typed messages and tools as the dicts templates and grammars read."""
     return dataclasses.replace(params, messages=[message_dict(m) for m in params.messages],
                                tools=[tool_dict(t) for t in params.tools] if params.tools else params.tools)
-
-
-async def _in_thread(fn: Callable[..., T], *args: Any, stop: threading.Event | None = None) -> T:
-    """`fn(*args)` in a worker thread, off the event loop (where it would hold up every other request).
-
-    fn uses the loaded model, which must stay loaded until fn returns: a caller cancelled meanwhile
-    (its client went away) sets `stop`, for an fn that checks it, and waits for fn before it lets the
-    cancellation go on. Errors fn raises come through unchanged.
-    """
-    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        if stop is not None:
-            stop.set()
-        while not future.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait({future})
-        if not future.cancelled():
-            future.exception()  # retrieved: whatever fn ended with, the caller is gone
-        raise
 
 
 # llama.cpp's ceiling (GGML_MAX_N_THREADS); a thread pool far larger than that brought the process down

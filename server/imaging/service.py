@@ -25,10 +25,10 @@ from typing import Any
 
 from ..config import Settings
 from ..engine.memory import InsufficientMemory, Plan
-from ..errors import BadRequest, EngineError, NotFound
+from ..errors import BadRequest, EngineError
 from ..scheduler import Loaded, ModelLoadError, RunnerOptions, Scheduler
 from ..store import manifest as mf
-from ..store.model import Model
+from ..store.model import Model, find_model
 from ..store.names import InvalidName, ModelName
 from ..store.store import Store
 from . import png, require_imaging
@@ -223,15 +223,7 @@ class ImageService:
     # ---- lookup --------------------------------------------------------------------------
 
     def model(self, name: str) -> Model:
-        if not name:
-            raise BadRequest("model is required")
-        try:
-            entry = self.store.find(ModelName.parse(name))
-        except InvalidName as exc:
-            raise BadRequest(str(exc)) from exc
-        if entry is None:
-            raise NotFound(f"model '{name}' not found")
-        return Model(self.store, entry)
+        return find_model(self.store, name)
 
     def is_image_model(self, name: str) -> bool:
         """Whether `name` is a stored image model (False for unknown or invalid names)."""

@@ -9,13 +9,12 @@ that is cancelled stops it after the batch under way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +23,7 @@ from server.errors import BadRequest, NotFound
 from server.inference import Embeddings, Inference
 from server.store.names import InvalidName, ModelName
 from server.store.store import Store
+from server.threads import in_thread
 
 from . import chunking, readers
 from .fusion import reciprocal_rank_fusion
@@ -31,7 +31,6 @@ from .onnx_export import DEFAULT_EMBEDDING_MODEL, ensure_all_minilm, is_onnx
 from .records import NAME_RULE, CollectionInfo, CollectionStore, DocumentInfo, Hit, check_filters
 
 log = logging.getLogger("corral.retrieval")
-T = TypeVar("T")
 
 MODES = ("hybrid", "vector", "keyword")
 MAX_K = 100
@@ -146,11 +145,11 @@ class RetrievalService:
     async def embed_api(self, name: str, inputs: list[str], *, truncate: bool = True, normalized: bool = True,
                         dimensions: int | None = None) -> Embeddings:
         """/api/embed, /api/embeddings and /v1/embeddings for an ONNX model (Inference.embed routes here)."""
-        model = await run_in_thread(self.onnx_model, name)
+        model = await in_thread(self.onnx_model, name)
         if model is None or model.task != "embedding":
             raise BadRequest(f"model '{name}' does not support embeddings")
         stop = threading.Event()
-        vectors, tokens = await run_in_thread(model.embed, inputs, truncate, stop, stop=stop)
+        vectors, tokens = await in_thread(model.embed, inputs, truncate, stop, stop=stop)
         if dimensions:
             vectors = vectors[:, :dimensions]
             if normalized:
@@ -158,12 +157,12 @@ class RetrievalService:
         return Embeddings(vectors.tolist(), tokens, 0)
 
     async def _embed(self, model_name: str, texts: list[str]) -> np.ndarray:
-        model = await run_in_thread(self.onnx_model, model_name)
+        model = await in_thread(self.onnx_model, model_name)
         if model is not None:
             if model.task != "embedding":
                 raise BadRequest(f"model '{model_name}' is not an embedding model")
             stop = threading.Event()
-            return (await run_in_thread(model.embed, texts, True, stop, stop=stop))[0]
+            return (await in_thread(model.embed, texts, True, stop, stop=stop))[0]
         model = self.inference.model(model_name)
         if "embedding" not in self.inference.capabilities(model) or self.inference.is_reranker(model):
             raise BadRequest(f"model '{model_name}' is not an embedding model")
@@ -197,19 +196,19 @@ class RetrievalService:
         probe = await self._embed(embedding_model, ["dimensions"])
         info = CollectionInfo(name=name, embedding_model=embedding_model, dimensions=int(probe.shape[1]),
                               chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, metadata=metadata or {})
-        return await run_in_thread(self.db.create_collection, info)
+        return await in_thread(self.db.create_collection, info)
 
     async def collection(self, name: str) -> CollectionInfo:
-        info = await run_in_thread(self.db.get_collection, name)
+        info = await in_thread(self.db.get_collection, name)
         if info is None:
             raise NotFound(f"collection '{name}' not found")
         return info
 
     async def list_collections(self) -> list[CollectionInfo]:
-        return await run_in_thread(self.db.list_collections)
+        return await in_thread(self.db.list_collections)
 
     async def delete_collection(self, name: str) -> None:
-        if not await run_in_thread(self.db.delete_collection, name):
+        if not await in_thread(self.db.delete_collection, name):
             raise NotFound(f"collection '{name}' not found")
 
     # ---- documents ----------------------------------------------------------------------------
@@ -245,14 +244,14 @@ class RetrievalService:
         fmt = readers.detect_format(doc.format or doc.name, doc.media_type, doc.data)
         if doc.format and doc.format not in readers.FORMATS:
             raise BadRequest(f"unknown format {doc.format!r}: expected one of {', '.join(readers.FORMATS)}")
-        old = await run_in_thread(self.db.get_document, info, doc_id)
+        old = await in_thread(self.db.get_document, info, doc_id)
         if old is not None and old.digest == digest and old.metadata == doc.metadata:
             await report(f"unchanged {label} ({where})")
             return Added(old, "unchanged")
         await report(f"reading {label} ({where})")
-        sections = await run_in_thread(readers.read, doc.data, fmt)
-        counter = await run_in_thread(self._counter, info.embedding_model)
-        chunks = await run_in_thread(chunking.chunk, sections, counter, info.chunk_tokens, info.chunk_overlap)
+        sections = await in_thread(readers.read, doc.data, fmt)
+        counter = await in_thread(self._counter, info.embedding_model)
+        chunks = await in_thread(chunking.chunk, sections, counter, info.chunk_tokens, info.chunk_overlap)
         vectors = np.zeros((len(chunks), info.dimensions), dtype=np.float32)
         for start in range(0, len(chunks), EMBED_BATCH):
             await report(f"embedding {label}", start, len(chunks))
@@ -266,23 +265,23 @@ class RetrievalService:
                               metadata=dict(doc.metadata), characters=sum(len(s.text) for s in sections),
                               chunks=len(chunks))
         await report(f"writing {label}")
-        await run_in_thread(self.db.put_document, info, record, chunks, vectors)
+        await in_thread(self.db.put_document, info, record, chunks, vectors)
         return Added(record, "replaced" if old is not None else "added")
 
     async def list_documents(self, collection: str, offset: int = 0, limit: int = 1000) -> list[DocumentInfo]:
         info = await self.collection(collection)
-        return await run_in_thread(self.db.list_documents, info, offset, limit)
+        return await in_thread(self.db.list_documents, info, offset, limit)
 
     async def document(self, collection: str, document_id: str) -> DocumentInfo:
         info = await self.collection(collection)
-        found = await run_in_thread(self.db.get_document, info, document_id)
+        found = await in_thread(self.db.get_document, info, document_id)
         if found is None:
             raise NotFound(f"document '{document_id}' not found in collection '{collection}'")
         return found
 
     async def delete_document(self, collection: str, document_id: str) -> None:
         info = await self.collection(collection)
-        if not await run_in_thread(self.db.delete_document, info, document_id):
+        if not await in_thread(self.db.delete_document, info, document_id):
             raise NotFound(f"document '{document_id}' not found in collection '{collection}'")
 
     # ---- search -------------------------------------------------------------------------------
@@ -301,15 +300,15 @@ class RetrievalService:
         checked = check_filters(filters)
         info = await self.collection(collection)
         if rerank:
-            await run_in_thread(self.reranker, rerank)
+            await in_thread(self.reranker, rerank)
         pool = min(MAX_K * 4, max(k, candidates or (4 * k if rerank else k)))
         wide = pool if mode != "hybrid" else max(pool, 2 * k, 20)  # each ranking deeper than k before fusion
         rankings = []
         if mode in ("hybrid", "vector"):
             vector = (await self._embed(info.embedding_model, [query]))[0]
-            rankings.append(await run_in_thread(self.db.vector_search, info, vector, wide, checked))
+            rankings.append(await in_thread(self.db.vector_search, info, vector, wide, checked))
         if mode in ("hybrid", "keyword"):
-            rankings.append(await run_in_thread(self.db.keyword_search, info, query, wide, checked))
+            rankings.append(await in_thread(self.db.keyword_search, info, query, wide, checked))
         hits = reciprocal_rank_fusion(rankings, pool) if mode == "hybrid" else rankings[0][:pool]
         if rerank:
             ranked, _ = await self.rerank(rerank, query, [h.text for h in hits]) if hits else ([], 0)
@@ -348,12 +347,12 @@ class RetrievalService:
             raise BadRequest(f"too many documents: at most {MAX_RERANK_DOCUMENTS}")
         if top_n is not None and top_n < 1:
             raise BadRequest("top_n must be at least 1")
-        model = await run_in_thread(self.reranker, model_name)
+        model = await in_thread(self.reranker, model_name)
         if isinstance(model, GgufReranker):  # llama.cpp's rank pooling (server/engine/ranker.py)
             scores, tokens = await self.inference.rerank(model.name, query, documents)
         else:
             stop = threading.Event()
-            scores, tokens = await run_in_thread(model.score, query, documents, stop, stop=stop)
+            scores, tokens = await in_thread(model.score, query, documents, stop, stop=stop)
         ranked = sorted((Reranked(i, s) for i, s in enumerate(scores)), key=lambda r: (-r.score, r.index))
         return (ranked[:top_n] if top_n else ranked), tokens
 
@@ -370,19 +369,4 @@ def _with_score(hit: Hit, score: float) -> Hit:
     return replace(hit, score=score)
 
 
-async def run_in_thread(fn: Callable[..., T], *args: Any, stop: threading.Event | None = None) -> T:
-    """fn(*args) in a worker thread. A caller cancelled meanwhile sets `stop` (for an fn that checks it)
-    and waits for fn to end before the cancellation goes on, so nothing it holds is torn down under it."""
-    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        if stop is not None:
-            stop.set()
-        while not future.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait({future})
-        if not future.cancelled():
-            future.exception()
-        raise
 

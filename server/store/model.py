@@ -8,9 +8,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import BadRequest, NotFound
 from . import manifest as mf
 from .gguf import FILE_TYPES, GGUFInfo, read_info
+from .names import InvalidName, ModelName
 from .store import Entry, Store
+
+
+def find_model(store: Store, name: str) -> "Model":
+    """The stored model a request names: no name or an invalid one 400, an unknown one 404."""
+    if not name:
+        raise BadRequest("model is required")
+    try:
+        entry = store.find(ModelName.parse(name))
+    except InvalidName as exc:
+        raise BadRequest(str(exc)) from exc
+    if entry is None:
+        raise NotFound(f"model '{name}' not found")
+    return Model(store, entry)
 
 
 @dataclass
