@@ -66,7 +66,7 @@ BORROW_MIN = 16
 BORROW_SPAN = 8
 
 # steps a group of sequences (one adapter set, or one reproducible job) decodes in a row while others
-# wait: gemma3:270m on 2 CPU cores, four streams on four adapters: a switch ~10 ms against ~17 ms a step
+# wait: gemma3:270m on 2 CPU cores, a switch costs 4-8 ms against 17-25 ms for a one-row step
 TURN_STEPS = 4
 
 
@@ -447,7 +447,7 @@ class Runner:
     def _turn(self) -> tuple:
         """The group this step decodes: the groups of running jobs take turns, in a fixed order, each
         for up to TURN_STEPS steps while it has work (a change of adapter set costs llama.cpp a new
-        graph reservation, about 10 ms on a CPU: a turn of several steps spreads it)."""
+        graph reservation, 4-8 ms on the development CPU: a turn of several steps spreads it)."""
         groups = sorted({self._group(seq) for seq in self.seqs if seq.job is not None})
         if len(groups) <= 1:
             turn = groups[0] if groups else ((), -1)
