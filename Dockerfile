@@ -24,7 +24,7 @@ FROM ${PYTHON_IMAGE} AS cpu-builder
 # apt versions come with the pinned base image (see DL3008 above)
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential cmake ninja-build \
+    && apt-get install -y --no-install-recommends build-essential cmake ninja-build patch \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -61,7 +61,7 @@ ARG DEBIAN_FRONTEND=noninteractive
 # apt versions come with the pinned base image (see DL3008 above)
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-dev python3-venv build-essential cmake ninja-build \
+    && apt-get install -y --no-install-recommends python3 python3-dev python3-venv build-essential cmake ninja-build patch \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

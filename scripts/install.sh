@@ -5,6 +5,7 @@
 #   CORRAL_VENV   where the virtual environment goes (default .venv; "system" = no venv)
 #   CMAKE_ARGS    passed to the llama.cpp build, e.g. "-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90"
 #   CORRAL_EDITABLE  1 (default): editable install of this checkout; 0: a regular install (the image's)
+# Needs a C/C++ toolchain, cmake and `patch` (llama.cpp is compiled from source with Corral's patch).
 # The same script builds the container image (Dockerfile) and the CI environment (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,18 +39,32 @@ native_flags=$(${CC:-cc} -march=native -Q --help=target 2>/dev/null || true)
 if [ "$(uname -m)" = x86_64 ] && [ -z "${CMAKE_ARGS:-}" ] && grep -q -- '-mamx-tile .*\[enabled\]' <<<"$native_flags"; then
   no_amx=" -DCMAKE_C_FLAGS=-mno-amx-tile\ -mno-amx-int8\ -mno-amx-bf16 -DCMAKE_CXX_FLAGS=-mno-amx-tile\ -mno-amx-int8\ -mno-amx-bf16"
 fi
-build_wheel() {  # build_wheel CMAKE_ARGS: prints the folder holding the wheel built with them
-  local key wheels
-  key=$(printf '%s' "$llama_version $1" | sha256sum | cut -c1-16)
+# Corral's patch to llama.cpp: LoRA adapters chosen per sequence (llama_set_adapters_lora_seq), so one
+# batch serves sequences on different adapters (server/engine/runner.py)
+llama_patch=scripts/llama-cpp-seq-lora.patch
+patch_sum=$(sha256sum "$llama_patch" | cut -c1-16)
+sdist_dir=""
+prepare_source() {  # unpack the llama-cpp-python sdist once and apply the patch
+  [ -n "$sdist_dir" ] && return
+  command -v patch >/dev/null || { echo "install.sh: the 'patch' program is needed (apt-get install patch)" >&2; exit 1; }
+  sdist_dir=$(mktemp -d)
+  trap 'rm -rf "$sdist_dir"' EXIT
+  "$py" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$llama_version" -d "$sdist_dir"
+  tar xzf "$sdist_dir"/llama_cpp_python-*.tar.gz -C "$sdist_dir"
+  patch -s -p1 -d "$sdist_dir/llama_cpp_python-$llama_version" < "$llama_patch"
+}
+build_wheel() {  # build_wheel CMAKE_ARGS: sets $wheels to the folder holding the wheel built with them
+  local key
+  key=$(printf '%s' "$llama_version $patch_sum $1" | sha256sum | cut -c1-16)
   wheels="${CORRAL_WHEEL_CACHE:-$HOME/.cache/corral/wheels}/$key"
   if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-    echo "building llama-cpp-python $llama_version with CMAKE_ARGS='$1' (a few minutes)" >&2
-    CMAKE_ARGS="$1" "$py" -m pip wheel -q --no-deps --no-cache-dir "llama-cpp-python==$llama_version" -w "$wheels" >&2
+    prepare_source
+    echo "building llama-cpp-python $llama_version (patched) with CMAKE_ARGS='$1' (a few minutes)"
+    CMAKE_ARGS="$1" "$py" -m pip wheel -q --no-deps --no-cache-dir "$sdist_dir/llama_cpp_python-$llama_version" -w "$wheels"
   fi
-  echo "$wheels"
 }
-fast=$(build_wheel "$base_args$no_amx")
-exact=$(build_wheel "$base_args -DGGML_LLAMAFILE=OFF$no_amx")
+build_wheel "$base_args$no_amx"; fast=$wheels
+build_wheel "$base_args -DGGML_LLAMAFILE=OFF$no_amx"; exact=$wheels
 prefix="$("$py" -c 'import sys; print(sys.prefix)')"
 stamp="$prefix/.corral-llama-build"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$fast $exact" ]; then

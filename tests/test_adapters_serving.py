@@ -19,6 +19,9 @@ import pytest
 import msgspec
 
 from server.config import Settings
+from server.engine.job import Done, Job, Sampling, adapter_set
+from server.engine.llama import LlamaModel
+from server.engine.runner import Runner
 from server.inference import GenerateParams
 from server.store import manifest as mf
 from server.services import build_services
@@ -119,6 +122,39 @@ def test_four_adapters_at_once_give_their_solo_texts(adapter_server):
     ps = ollama.Client(host=url).ps()
     names = {m.model for m in ps.models}
     assert {f"gemma-a{i}:latest" for i in range(N_ADAPTERS)} <= names
+
+
+def test_sequences_on_different_adapters_share_each_decode(store_dir, lora_files):
+    """Corral's llama.cpp takes adapters per sequence: four jobs on four adapter sets (one with two
+    stacked, one on the base) decode in the same steps, 16 tokens each in about 16 steps rather than
+    one set's rows per step, and the graph's adapter set changes once, not at every turn."""
+    model = LlamaModel(_model_blob(store_dir, "gemma3:270m"))
+    runner = Runner(model, n_ctx=256, n_parallel=4)
+    assert runner.per_seq_adapters, "llama.cpp was built without Corral's patch (scripts/install.sh applies it)"
+    sets = [adapter_set([(lora_files["a0"], 1.0)]), adapter_set([(lora_files["a1"], 0.5), (lora_files["a2"], 1.0)]),
+            adapter_set([(lora_files["a3"], 2.0)]), ()]
+    jobs = [Job(tokens=model.tokenize(f"Tell me a fact number {i}:"), num_predict=16, ignore_eos=True,
+                sampling=Sampling(temperature=0), adapters=sets[i]) for i in range(4)]
+
+    async def run() -> list[Done]:
+        async def done(job: Job) -> Done:
+            return [event async for event in runner.generate(job)][-1]
+
+        with runner._wake:  # queue all four before the decode thread looks
+            tasks = [asyncio.ensure_future(done(job)) for job in jobs]
+            for _ in range(10):
+                await asyncio.sleep(0)
+        return await asyncio.gather(*tasks)
+
+    try:
+        results = asyncio.run(run())
+        steps, switches = runner.stats["steps"], runner.stats["adapter_switches"]
+    finally:
+        runner.close()
+        model.close()
+    assert all(isinstance(r, Done) and r.eval_count == 16 for r in results)
+    assert steps <= 18, steps  # one step of four prompts, then 15 of four tokens each
+    assert switches <= 2, switches
 
 
 def test_the_prefix_cache_is_keyed_by_adapter_set(tmp_path, store_dir, lora_files):

@@ -24,9 +24,9 @@ class Sampling:
     grammar: str | None = None  # GBNF, rooted at "root"
 
 
-# LoRA adapter files and their scales, sorted by file, without zero scales (llama.cpp leaves an adapter
-# with scale 0 out of the graph, so such a set computes exactly what the base computes). The runner
-# decodes sequences with one set at a time, and keys its prefix cache by the set.
+# LoRA adapter files and their scales, sorted by file, without zero scales (an adapter with scale 0
+# adds nothing, so such a set computes exactly what the base computes). The runner gives llama.cpp each
+# sequence's set, and keys its prefix cache by the set.
 AdapterSet = tuple[tuple[str, float], ...]
 
 

@@ -48,6 +48,22 @@ def init_backend() -> None:
         _initialised = True
 
 
+def _bind_seq_adapters():
+    """`llama_set_adapters_lora_seq(ctx, seq_id, adapters, n, scales)`: adapters chosen per sequence,
+    so sequences on different adapter sets decode in one batch. It comes from Corral's patch to
+    llama.cpp (scripts/llama-cpp-seq-lora.patch, applied by scripts/install.sh); None on a llama.cpp
+    built without it, where each decode applies one set to all its rows."""
+    fn = getattr(C._lib, "llama_set_adapters_lora_seq", None)
+    if fn is not None:
+        fn.argtypes = [C.llama_context_p_ctypes, C.llama_seq_id, ctypes.POINTER(C.llama_adapter_lora_p_ctypes),
+                       ctypes.c_size_t, ctypes.POINTER(ctypes.c_float)]
+        fn.restype = ctypes.c_int32
+    return fn
+
+
+set_adapters_lora_seq = _bind_seq_adapters()
+
+
 def batch_invariant_kernels() -> None:
     """Keep ggml's CPU matrix products per-row for every batch size (deterministic serving).
 

@@ -19,15 +19,17 @@ shape, could give other numbers).
 Reproducible jobs (`Job.alone`: a seeded request when the kernels are not batch-invariant) get the
 numbers they would get on an idle server: they never reuse cells (cached, copied or kept logits)
 computed in another batch, and each decodes in steps of its own, never beside other sequences' rows,
-so its batches have the shape they have alone. They take turns with the other groups as adapter
-sets do.
+so its batches have the shape they have alone. They take turns with the other sequences, a few
+steps each (`_turn`).
 
-LoRA adapters: a job names an adapter set (files and scales, `Job.adapters`). llama.cpp applies one
-set to a whole `llama_decode`, so each step decodes the sequences of one set, and the sets with work
-take turns step by step (none starves; sequences of the same set share each decode as before). The
-prefix cache is keyed by the set: cells computed under one set are never reused, copied or kept
-logits under another. Adapters load on first use on this model's weights, once, and stay until
-`drop_adapter`.
+LoRA adapters: a job names an adapter set (files and scales, `Job.adapters`). With Corral's build of
+llama.cpp each sequence has its own set (`set_adapters_lora_seq`): the graph adds the term of every
+adapter in use to each matrix product, each token's share scaled by its own sequence's scale (zero
+where it does not use it), so sequences on different sets share one decode and each gets the numbers
+it gets alone. A llama.cpp without that patch applies one set to a whole `llama_decode`: then each
+step decodes the sequences of one set, and the sets with work take turns. The prefix cache is keyed by
+the set either way: cells computed under one set are never reused, copied or kept logits under
+another. Adapters load on first use on this model's weights, once, and stay until `drop_adapter`.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import llama_cpp.llama_cpp as C
 import numpy as np
 
 from .job import AdapterSet, Done, Event, Failed, Job, Piece, TokenLogprob
-from .llama import LlamaModel, LoadError, context_params, default_threads, new_context
+from .llama import LlamaModel, LoadError, context_params, default_threads, new_context, set_adapters_lora_seq
 from .sampling import Chain
 
 log = logging.getLogger("corral.engine")
@@ -65,8 +67,9 @@ BORROW_MIN = 16
 # a sequence's state whole (there: 0.4 ms for 22 cells, against 3 ms to compute one prompt token)
 BORROW_SPAN = 8
 
-# steps a group of sequences (one adapter set, or one reproducible job) decodes in a row while others
-# wait: gemma3:270m on 2 CPU cores, a switch costs 4-8 ms against 17-25 ms for a one-row step
+# steps a group of sequences (one reproducible job, or one adapter set on a llama.cpp without per-sequence
+# adapters) decodes in a row while others wait: gemma3:270m on 2 CPU cores, a change of adapter set costs
+# 4-8 ms against 17-25 ms for a one-row step
 TURN_STEPS = 4
 
 
@@ -169,7 +172,10 @@ class Runner:
         self.stats = {"prompt_tokens": 0, "generated_tokens": 0, "steps": 0, "padding_tokens": 0,
                       "adapter_switches": 0}
         self._loras: dict[str, int] = {}  # adapter file -> llama_adapter_lora pointer (decode thread only)
-        self._applied: AdapterSet = ()  # the set llama.cpp applies to the next decode
+        self._applied: AdapterSet = ()  # the set llama.cpp applies to the next decode (one set per decode)
+        # per-sequence adapter sets (Corral's llama.cpp): what llama.cpp holds for each sequence
+        self.per_seq_adapters = set_adapters_lora_seq is not None
+        self._seq_applied: dict[int, AdapterSet] = {}
         self._last_group: tuple | None = None  # the group the previous step decoded (whose turn is next)
         self._turn_steps = 0  # steps the current group has had in a row
         self._to_drop: set[str] = set()  # adapter files to free once no job uses them
@@ -420,7 +426,10 @@ class Runner:
                     seq.fed += 1
                     n = self._add(seq, token, n, logits=seq.fed == len(seq.prompt))
         batch.n_tokens = n
-        self._apply(turn[0])
+        if self.per_seq_adapters:
+            self._apply_per_seq()
+        else:
+            self._apply(turn[0])
         rc = C.llama_decode(self.ctx, batch)
         for i in pads:
             C.llama_memory_seq_rm(self.memory, i, len(self.seqs[i].cache), -1)
@@ -439,10 +448,10 @@ class Runner:
             if seq.out_row >= 0 and seq.job is not None:
                 self._sampled(seq, now, out)
 
-    @staticmethod
-    def _group(seq: _Seq) -> tuple:
-        """Sequences decoded together: one adapter set, and a reproducible job alone."""
-        return seq.adapters, (seq.id if seq.job is not None and seq.job.alone else -1)
+    def _group(self, seq: _Seq) -> tuple:
+        """Sequences decoded together: a reproducible job alone, and (without per-sequence adapters)
+        one adapter set."""
+        return () if self.per_seq_adapters else seq.adapters, (seq.id if seq.job is not None and seq.job.alone else -1)
 
     def _turn(self) -> tuple:
         """The group this step decodes: the groups of running jobs take turns, in a fixed order, each
@@ -470,6 +479,22 @@ class Runner:
         C.llama_set_adapters_lora(self.ctx, ptrs if n else None, n, scales if n else None)
         self._applied = adapters
         self.stats["adapter_switches"] += 1
+
+    def _apply_per_seq(self, drop: str | None = None) -> None:
+        """Give llama.cpp each running sequence's adapter set, and none to idle ones (every set in use
+        costs each decode its terms); `drop`: an adapter file about to be freed, held by none."""
+        before = {p for applied in self._seq_applied.values() for p, _ in applied}
+        for seq in self.seqs:
+            want = seq.adapters if seq.job is not None and drop not in {p for p, _ in seq.adapters} else ()
+            if self._seq_applied.get(seq.id, ()) == want:
+                continue
+            n = len(want)
+            ptrs = (C.llama_adapter_lora_p_ctypes * max(n, 1))(*[self._loras[p] for p, _ in want])
+            scales = (ctypes.c_float * max(n, 1))(*[s for _, s in want])
+            set_adapters_lora_seq(self.ctx, seq.id, ptrs if n else None, n, scales if n else None)
+            self._seq_applied[seq.id] = want
+        if {p for applied in self._seq_applied.values() for p, _ in applied} != before:
+            self.stats["adapter_switches"] += 1  # the graph changes
 
     def _load_adapter(self, path: str) -> bool:
         if path not in self._loras:
@@ -511,6 +536,8 @@ class Runner:
                 continue
             if any(p == path for p, _ in self._applied):
                 self._apply(())
+            if self.per_seq_adapters:
+                self._apply_per_seq(drop=path)
             for seq in self.seqs:
                 if any(p == path for p, _ in seq.adapters):
                     C.llama_memory_seq_rm(self.memory, seq.id, -1, -1)
