@@ -273,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     create_parser.add_argument("--diffusers", metavar="DIR", help="an image model from a diffusers folder, a cached "
                                "Hugging Face repository or a single-file .safetensors checkpoint")
     create_parser.add_argument("--config", metavar="DIR", help="with a single-file checkpoint: a diffusers folder "
-                               "of the same architecture (its configs)")
+                               "or cached Hugging Face repository of the same architecture (its configs), or "
+                               "the checkpoint's original .yaml")
     create_parser.add_argument("--diffusers-lora", metavar="FILE", action="append",
                                help="a LoRA (.safetensors) for the image model --from (repeatable)")
     create_parser.add_argument("--from", dest="from_", metavar="MODEL", help="the image model a LoRA is for")

@@ -612,6 +612,9 @@ class Inference:
             return await self.retrieval.embed_api(name, inputs, truncate=truncate, normalized=normalized,
                                                   dimensions=dimensions)
         model = self.model(name)
+        if self.is_reranker(model):  # rank pooling gives a score per (query, document) pair, not a vector
+            raise BadRequest(f"model '{name}' is a reranker, not an embedding model: it scores a query against "
+                             "documents on /rerank, /v1/rerank and /v2/rerank")
         prep = self.prepare(model, options, keep_alive)
         if prep.adapters:  # the embedding context computes with the base weights alone
             raise BadRequest(f"model '{model.name}' applies LoRA adapters; embeddings with adapters are not supported")

@@ -135,3 +135,116 @@ def write_tiny_lora(pipe_dir: Path, file: Path, seed: int = 1, rank: int = 4, sc
     StableDiffusionPipeline.save_lora_weights(str(file.parent), unet_lora_layers=layers, weight_name=file.name,
                                               safe_serialization=True)
     return file
+
+
+def write_hf_cache(cache: Path, repo_id: str, folder: Path, commit: str = "0123456789abcdef0123456789abcdef01234567",
+                   only: tuple[str, ...] = ()) -> Path:
+    """Put a diffusers folder into a Hugging Face hub cache as `huggingface_hub` lays one out (no network):
+    `models--org--name/blobs/<etag>` (sha256 for LFS files, the git blob sha1 for the others),
+    `snapshots/<commit>/<path>` as relative symlinks to those blobs, and `refs/main` naming the commit.
+    `only`: file suffixes to keep (the configs diffusers' from_single_file downloads), else every file."""
+    import hashlib
+    import os
+
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    for file in sorted(Path(folder).rglob("*")):
+        rel = file.relative_to(folder).as_posix()
+        if not file.is_file() or rel.startswith(".") or (only and not rel.endswith(only)):
+            continue
+        data = file.read_bytes()
+        etag = (hashlib.sha256(data).hexdigest() if rel.endswith(".safetensors")
+                else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
+        (repo / "blobs").mkdir(parents=True, exist_ok=True)
+        (repo / "blobs" / etag).write_bytes(data)
+        link = snapshot / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(repo / "blobs" / etag, link.parent), link)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
+           "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _ldm_unet_key(key: str, per_block: int, up_attn: set[int]) -> str:
+    """A diffusers UNet2DConditionModel key → the original (CompVis LDM) key, for any depth."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
+    fixed = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]
+    if key in fixed:
+        return fixed[key]
+    part, i, kind, j, rest = (key.split(".", 4) + [""] * 5)[:5]
+    if part == "mid_block":  # mid_block.resnets.K.rest / mid_block.attentions.0.rest
+        kind, j, rest = i, kind, ".".join(x for x in (j, rest) if x)
+        head, _, tail = rest.partition(".")
+        if kind == "resnets":
+            return f"middle_block.{2 * int(j)}.{_RESNET.get(head, head)}.{tail}"
+        return f"middle_block.1.{rest}"
+    i, j = int(i), int(j)
+    head, _, tail = rest.partition(".")
+    resnet = f"{_RESNET.get(head, head)}.{tail}"
+    if part == "down_blocks":
+        n = 1 + i * (per_block + 1) + j
+        if kind == "downsamplers":  # down_blocks.i.downsamplers.0.conv.weight
+            return f"input_blocks.{(i + 1) * (per_block + 1)}.0.op.{tail}"
+        return f"input_blocks.{n}.0.{resnet}" if kind == "resnets" else f"input_blocks.{n}.1.{rest}"
+    n = i * (per_block + 1) + j  # an up block has per_block + 1 layers, its upsampler in the last one
+    if kind == "upsamplers":
+        return f"output_blocks.{i * (per_block + 1) + per_block}.{2 if i in up_attn else 1}.{rest}"
+    return f"output_blocks.{n}.0.{resnet}" if kind == "resnets" else f"output_blocks.{n}.1.{rest}"
+
+
+def _ldm_vae_key(key: str, blocks: int) -> str:
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
+    fixed = DIFFUSERS_TO_LDM_MAPPING["vae"]
+    if key in fixed:
+        return fixed[key]
+    coder, part, rest = key.split(".", 2)
+    if part == "mid_block":
+        kind, k, rest = rest.split(".", 2)
+        if kind == "attentions":
+            for new, old in _VAE_ATTN.items():
+                if rest.startswith(new + "."):
+                    return f"{coder}.mid.attn_1.{old}{rest[len(new):]}"
+        return f"{coder}.mid.block_{int(k) + 1}.{rest.replace('conv_shortcut', 'nin_shortcut')}"
+    i, kind, j, rest = rest.split(".", 3)
+    ldm = i if part == "down_blocks" else str(blocks - 1 - int(i))
+    name = "down" if part == "down_blocks" else "up"
+    if kind in ("downsamplers", "upsamplers"):
+        return f"{coder}.{name}.{ldm}.{'downsample' if name == 'down' else 'upsample'}.{rest}"
+    return f"{coder}.{name}.{ldm}.block.{j}.{rest.replace('conv_shortcut', 'nin_shortcut')}"
+
+
+def write_single_file(pipe_dir: Path, file: Path) -> Path:
+    """The pipeline's UNet, VAE and CLIP text encoder as one original-format (CompVis/A1111) SD 1.x
+    checkpoint: `model.diffusion_model.*`, `first_stage_model.*` (attention projections as 1×1 convs),
+    `cond_stage_model.transformer.text_model.*`. The inverse of diffusers' single-file conversion."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    pipe_dir = Path(pipe_dir)
+    unet_cfg = json.loads((pipe_dir / "unet" / "config.json").read_text())
+    vae_cfg = json.loads((pipe_dir / "vae" / "config.json").read_text())
+    unet = load_file(str(pipe_dir / "unet" / "diffusion_pytorch_model.safetensors"))
+    vae = load_file(str(pipe_dir / "vae" / "diffusion_pytorch_model.safetensors"))
+    text = load_file(str(pipe_dir / "text_encoder" / "model.safetensors"))
+    up_attn = {i for i, t in enumerate(unet_cfg["up_block_types"]) if "CrossAttn" in t}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in unet.items():
+        out["model.diffusion_model." + _ldm_unet_key(key, unet_cfg["layers_per_block"], up_attn)] = value
+    for key, value in vae.items():
+        if ".mid_block.attentions." in key and value.ndim == 2:
+            value = value[:, :, None, None]  # LDM's AttnBlock uses 1×1 convolutions
+        out["first_stage_model." + _ldm_vae_key(key, len(vae_cfg["down_block_types"]))] = value
+    for key, value in text.items():
+        out["cond_stage_model.transformer.text_model." + key.removeprefix("text_model.")] = value
+    assert len(out) == len(unet) + len(vae) + len(text)
+    file = Path(file)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in out.items()}, str(file))
+    return file

@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from PIL import Image
 from server.store.register import register_gguf
 from server.store.store import Store
 from tests.conftest import ROOT, start_server
-from tests.diffusers_factory import write_tiny_lora, write_tiny_pipeline
+from tests.diffusers_factory import write_hf_cache, write_single_file, write_tiny_lora, write_tiny_pipeline
 
 pytest.importorskip("diffusers")
 
@@ -38,8 +39,8 @@ def png_bytes(size=(64, 64), color=(200, 30, 30), mode="RGB") -> bytes:
     return out.getvalue()
 
 
-def corral(server, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OLLAMA_HOST=server.host)
+def corral(server, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OLLAMA_HOST=server.host, **(env or {}))
     return subprocess.run([sys.executable, "-m", "server", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
 
@@ -122,6 +123,145 @@ def test_create_refuses_pickled_weights_and_bad_index(server, pipe_dir):
     assert "bad:latest" not in [m["model"] for m in httpx.get(f"{server.url}/api/tags").json()["models"]]
 
 
+def _image(server, model: str, prompt: str = "a red cat", seed: int = 42, steps: int = 3) -> np.ndarray:
+    r = ollama.Client(host=server.url).generate(model=model, prompt=prompt, width=64, height=64, steps=steps,
+                                                options={"seed": seed}, stream=False)
+    return pixels(base64.b64decode(r.image))
+
+
+def _delete(server, name: str, *loaded_as: str) -> None:
+    """Delete a model; its pipeline, used by no other model, is unloaded (soon after: the unload is queued).
+    `loaded_as`: other names /api/ps may list it under (the model that loaded it)."""
+    client = ollama.Client(host=server.url)
+    client.delete(name)
+    names = {f"{n}:latest" for n in (name, *loaded_as)}
+    deadline = time.time() + 10
+    while names & {m.model for m in client.ps().models} and time.time() < deadline:
+        time.sleep(0.1)
+    assert not names & {m.model for m in client.ps().models}
+
+
+def test_create_from_the_hugging_face_cache(server, tmp_path):
+    """`--diffusers org/name`: a snapshot in the hub cache (HF_HOME/hub, laid out as huggingface_hub does),
+    read with no network; the model makes the same image as the pipeline called directly."""
+    src = write_tiny_pipeline(tmp_path / "src", seed=3)
+    repo = tmp_path / "repo"  # as a full snapshot has them: files a PyTorch pipeline does not read, left out
+    shutil.copytree(src, repo)
+    extra = ["v1-5-pruned.ckpt", "unet/diffusion_pytorch_model.bin", "unet/diffusion_pytorch_model.fp16.safetensors",
+             "text_encoder/flax_model.msgpack", "README.md"]
+    for rel in extra:
+        (repo / rel).write_bytes(b"not for a PyTorch pipeline")
+    write_hf_cache(tmp_path / "hf" / "hub", "tiny-org/tiny-sd", repo)
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    made = corral(server, "create", "tiny-cached", "--diffusers", "tiny-org/tiny-sd", env=env)
+    assert made.returncode == 0, made.stderr
+    store = Store(server.models, clean_temp=False)
+    index = store.get("tiny-cached").manifest.layer("application/vnd.corral.diffusers.index")
+    stored = set(json.loads(store.read_blob(index.digest))["files"])
+    assert stored == {f.relative_to(src).as_posix() for f in src.rglob("*") if f.is_file()}
+    assert np.array_equal(_image(server, "tiny-cached"), direct(src, "a red cat", 42, 3))
+    _delete(server, "tiny-cached")
+    missing = corral(server, "create", "nope", "--diffusers", "tiny-org/not-cached", env=env)
+    assert missing.returncode == 1 and "not in the local Hugging Face cache" in missing.stderr
+    # an interrupted download (the cached file listing names a file the snapshot lacks) is refused
+    write_hf_cache(tmp_path / "partial", "tiny-org/partial", src, only=(".json", ".txt"))
+    repo = tmp_path / "partial" / "models--tiny-org--partial"
+    commit = (repo / "refs" / "main").read_text()
+    try:  # the listing snapshot_download keeps (huggingface_hub 1.x+): a huggingface_hub without it skips this
+        from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache
+
+        write_tree_cache(str(repo), commit, {f.relative_to(src).as_posix(): TreeCacheEntry(
+            size=f.stat().st_size, blob_id="0" * 40) for f in src.rglob("*") if f.is_file()})
+    except (ImportError, TypeError):
+        pass
+    else:
+        partial = corral(server, "create", "nope", "--diffusers", "tiny-org/partial",
+                         env={"HF_HUB_CACHE": str(tmp_path / "partial"), "HF_HUB_OFFLINE": "1"})
+        assert partial.returncode == 1 and "incomplete" in partial.stderr, partial.stderr
+
+
+def test_create_from_a_single_file_checkpoint(server, tmp_path):
+    """An original-format SD 1.x checkpoint (model.diffusion_model.*, first_stage_model.*,
+    cond_stage_model.*) through diffusers' from_single_file, offline: the configs from a cached repository
+    (only its configs, as from_single_file downloads them) or, without --config, from the repository
+    diffusers names for the checkpoint's kind, if cached. The weights survive the round trip exactly."""
+    src = write_tiny_pipeline(tmp_path / "src", seed=4)
+    ckpt = write_single_file(src, tmp_path / "tiny-sd15.safetensors")
+    cache = tmp_path / "hub"
+    write_hf_cache(cache, "tiny-org/sd15-configs", src, only=(".json", ".txt"))
+    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    made = corral(server, "create", "tiny-single", "--diffusers", str(ckpt), "--config", "tiny-org/sd15-configs",
+                  env=env)
+    assert made.returncode == 0, made.stderr
+    assert np.array_equal(_image(server, "tiny-single"), direct(src, "a red cat", 42, 3))
+    assert ollama.Client(host=server.url).show("tiny-single").details.family == "StableDiffusionPipeline"
+    _delete(server, "tiny-single")
+    # no --config: the checkpoint is a v1 one, whose default repository is not cached: refused, nothing fetched
+    made = corral(server, "create", "nope", "--diffusers", str(ckpt), env=env)
+    assert made.returncode == 1 and "'v1' checkpoint" in made.stderr and "--config" in made.stderr
+    # an original LDM .yaml: the UNet, VAE and scheduler come from it, but diffusers still reads the CLIP text
+    # encoder's config and tokenizer from the cache (openai/clip-vit-large-patch14), not there: refused, offline
+    import yaml
+
+    (tmp_path / "v1.yaml").write_text(yaml.safe_dump({"model": {"params": {
+        "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "scale_factor": 0.18215,
+        "unet_config": {"params": {"in_channels": 4, "out_channels": 4, "model_channels": 8, "channel_mult": [1, 2],
+                                   "attention_resolutions": [2], "num_res_blocks": 1, "num_heads": 2,
+                                   "transformer_depth": 1, "context_dim": 32}},
+        "first_stage_config": {"params": {"ddconfig": {"z_channels": 4, "in_channels": 3, "out_ch": 3, "ch": 8,
+                                                       "ch_mult": [1, 1, 2, 2], "num_res_blocks": 1}}}}}}))
+    made = corral(server, "create", "nope", "--diffusers", str(ckpt), "--config", str(tmp_path / "v1.yaml"), env=env)
+    assert made.returncode == 1 and "openai/clip-vit-large-patch14" in made.stderr
+    # a pickled checkpoint is refused before anything reads it
+    (tmp_path / "x.ckpt").write_bytes(b"not read")
+    made = corral(server, "create", "nope", "--diffusers", str(tmp_path / "x.ckpt"))
+    assert made.returncode == 1 and "pickled" in made.stderr
+
+
+def test_a_pipeline_folder_goes_with_the_last_model_that_uses_it(server, tmp_path):
+    """The folder a pipeline is loaded from (hard links to its blobs, under the data directory) is removed,
+    and the pipeline unloaded, when no stored model uses that pipeline any more: after the delete of its
+    last model, or when a create replaces the model with another pipeline."""
+    root = server.data / "imaging" / "pipelines"
+    client = ollama.Client(host=server.url)
+
+    def folders() -> set[str]:
+        return {p.name for p in root.iterdir() if not p.name.startswith(".")} if root.is_dir() else set()
+
+    before = folders()
+    assert corral(server, "create", "tiny-gc", "--diffusers", str(write_tiny_pipeline(tmp_path / "a", seed=5))).returncode == 0
+    _image(server, "tiny-gc", steps=1)
+    (first,) = folders() - before
+    client.copy("tiny-gc", "tiny-gc-copy")
+    client.delete("tiny-gc")
+    assert first in folders()  # the copy still uses it
+    _image(server, "tiny-gc-copy", steps=1)
+    _delete(server, "tiny-gc-copy", "tiny-gc")
+    assert first not in folders()
+
+    assert corral(server, "create", "tiny-gc", "--diffusers", str(tmp_path / "a")).returncode == 0
+    _image(server, "tiny-gc", steps=1)
+    (again,) = folders() - before
+    assert corral(server, "create", "tiny-gc", "--diffusers", str(write_tiny_pipeline(tmp_path / "b", seed=6))).returncode == 0
+    assert again not in folders()  # replaced by another pipeline: the old one's folder went with its blobs
+    _image(server, "tiny-gc", steps=1)
+    _delete(server, "tiny-gc")
+    assert folders() == before
+
+
+def test_prune_folders_at_start(tmp_path):
+    """At start every folder whose index blob the store lacks goes; the others and temporary ones stay."""
+    from server.imaging.store import prune_folders
+
+    store = Store(tmp_path / "models")
+    kept = store.write_blob_bytes(b'{"files": {}}', "application/vnd.corral.diffusers.index").digest
+    root = tmp_path / "pipelines"
+    for name in (kept.removeprefix("sha256:"), "ab" * 32, ".tmp-x"):
+        (root / name / "unet").mkdir(parents=True)
+    assert prune_folders(store, root) == ["ab" * 32]
+    assert sorted(p.name for p in root.iterdir()) == sorted([".tmp-x", kept.removeprefix("sha256:")])
+
+
 # ---- Ollama's wire -------------------------------------------------------------------------------
 
 
@@ -182,6 +322,11 @@ def test_openai_generations_n_seeds_formats_and_url(server, pipe_dir):
     assert len(r.data) == 2
     assert [d.model_extra["seed"] for d in r.data] == [42, 43]
     assert np.array_equal(pixels(base64.b64decode(r.data[0].b64_json)), direct(pipe_dir, "a red cat", 42, 3))
+    from transformers import CLIPTokenizer
+
+    n = len(CLIPTokenizer.from_pretrained(str(pipe_dir / "tokenizer"))("a red cat").input_ids)
+    assert n == 5  # <|startoftext|> a red cat <|endoftext|>: what the text encoder reads, once per request
+    assert (r.usage.input_tokens, r.usage.output_tokens, r.usage.total_tokens) == (n, 0, n)
     r = client.images.generate(model="tiny-sd", prompt="a red cat", response_format="url", output_format="jpeg",
                                extra_body={"seed": 9, "steps": 2})
     got = httpx.get(r.data[0].url)
@@ -199,6 +344,7 @@ def test_openai_stream_partial_images(server):
     assert types == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
     assert [e.partial_image_index for e in events[:2]] == [0, 1]
     assert events[-1].size == "64x64" and events[-1].b64_json
+    assert events[-1].usage.input_tokens == events[-1].usage.total_tokens == 5 and events[-1].usage.output_tokens == 0
 
 
 def test_openai_edits_multipart_and_json(server):

@@ -156,3 +156,22 @@ def test_gguf_reranker_on_every_route(http, expected):
     r = http.post("/api/collections", json={"name": "wrong", "embedding_model": "tiny-rerank-gguf"})
     assert r.status_code == 400 and "not an embedding model" in r.text, r.text
     http.delete("/api/collections/gguf-reranked")
+
+
+def test_embeddings_on_a_gguf_reranker_are_refused(http):
+    """Rank pooling gives one score per pair, not a vector (llama-server refuses embeddings on a reranker
+    too): /api/embed, /api/embeddings and /v1/embeddings answer 400 in their own error shape, naming why."""
+    for path, body in (("/api/embed", {"input": ["where do cats sleep", "fish"]}), ("/api/embed", {"input": "x"}),
+                       ("/api/embeddings", {"prompt": "where do cats sleep"}), ("/v1/embeddings", {"input": "x"})):
+        r = http.post(path, json={"model": "tiny-rerank-gguf", **body})
+        assert r.status_code == 400, (path, r.text)
+        error = r.json()["error"]
+        if path.startswith("/v1/"):
+            assert error["type"] == "invalid_request_error"
+            error = error["message"]
+        assert "'tiny-rerank-gguf' is a reranker, not an embedding model" in error and "/v1/rerank" in error, error
+    # the same model still reranks, and an embedding model beside it still embeds
+    r = http.post("/v1/rerank", json={"model": "tiny-rerank-gguf", "query": QUERY, "documents": DOCUMENTS[:2]})
+    assert r.status_code == 200 and len(r.json()["results"]) == 2, r.text
+    r = http.post("/api/embed", json={"model": "all-minilm", "input": "cats"})
+    assert r.status_code == 200 and len(r.json()["embeddings"][0]) == 384, r.text

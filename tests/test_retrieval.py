@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -203,6 +204,32 @@ def test_collections_documents_and_search(server, http, tmp_path):
     assert http.delete("/api/collections/library").status_code == 200
     assert http.get("/api/collections/library").status_code == 404
     assert http.post("/api/collections/library/search", json={"query": "x"}).status_code == 404
+
+
+def test_document_ids_with_slashes_are_addressable(server, http):
+    """Ids default to names, which may be paths: the per-document routes take the rest of the path, raw or
+    percent-encoded (a leading or trailing '/' kept), and the routes beside them still answer."""
+    _create(http, "paths")
+    base = "/api/collections/paths/documents"
+    texts = {"notes/2024/oven.md": "The oven is hot.", "/abs/bread.txt": "Bread rises.", "dir/": "A folder note."}
+    r = http.post(base, json={"documents": [{"id": i, "name": i.strip("/"), "text": t} for i, t in texts.items()]})
+    assert r.status_code == 200, r.text
+    assert [d["id"] for d in r.json()["documents"]] == list(texts)
+    for doc_id in texts:
+        for path in (f"{base}/{doc_id}", f"{base}/{quote(doc_id, safe='')}"):
+            r = http.get(path)
+            assert r.status_code == 200 and r.json()["id"] == doc_id, (path, r.text)
+    assert http.get(f"{base}/notes").status_code == 404  # a prefix of an id is not the id
+    assert sorted(d["id"] for d in http.get(base).json()["documents"]) == sorted(texts)
+    hits = http.post("/api/collections/paths/search", json={"query": "oven", "mode": "keyword"}).json()["results"]
+    assert [h["document_id"] for h in hits] == ["notes/2024/oven.md"]
+    assert http.delete(f"{base}/notes/2024/oven.md").status_code == 200
+    assert http.get(f"{base}/{quote('notes/2024/oven.md', safe='')}").status_code == 404
+    assert http.delete(f"{base}/{quote('/abs/bread.txt', safe='')}").status_code == 200
+    r = http.delete(f"{base}/abs/bread.txt")  # without its leading '/', another (missing) id
+    assert r.status_code == 404 and "document 'abs/bread.txt' not found" in r.json()["error"]
+    assert [d["id"] for d in http.get(base).json()["documents"]] == ["dir/"]
+    assert http.delete("/api/collections/paths").status_code == 200
 
 
 def test_streamed_ingest_and_multipart_upload(server, http, tmp_path):

@@ -15,6 +15,7 @@ import binascii
 import json
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import unquote
 
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import UploadFile
@@ -182,13 +183,32 @@ async def list_documents(request: Request, name: str, offset: int = 0, limit: in
     return json_response(rt.DocumentListResponse(documents=[wire_document(d) for d in docs]))
 
 
-@get("/api/collections/{name:str}/documents/{document_id:str}")
+def _document_id(request: Request, name: str, routed: str) -> str:
+    """A document id may hold '/' (ids default to names, which may be paths): the routes take the rest of the
+    path (`{document_id:path}`; nothing else lives under …/documents/). Routing drops empty segments (a
+    leading, trailing or doubled '/'), so the id is read from the raw path when it has one and agrees:
+    `…/documents//abs/notes.md` or `…/documents/%2Fabs%2Fnotes.md` addresses the id `/abs/notes.md`."""
+    raw = request.scope.get("raw_path")
+    if raw:
+        path = unquote(raw.decode("latin-1"))  # as the server decodes `path`
+        prefix = f"/api/collections/{name}/documents/"
+        at = path.find(prefix)
+        if at >= 0:
+            exact = path[at + len(prefix):]
+            if "/".join(p for p in exact.split("/") if p) == routed.strip("/"):
+                return exact
+    return routed.strip("/")
+
+
+@get("/api/collections/{name:str}/documents/{document_id:path}")
 async def show_document(request: Request, name: str, document_id: str) -> Response:
+    document_id = _document_id(request, name, document_id)
     return json_response(wire_document(await _call(request, retrieval(request).document(name, document_id))))
 
 
-@delete("/api/collections/{name:str}/documents/{document_id:str}", status_code=200)
+@delete("/api/collections/{name:str}/documents/{document_id:path}", status_code=200)
 async def delete_document(request: Request, name: str, document_id: str) -> Response:
+    document_id = _document_id(request, name, document_id)
     await _call(request, retrieval(request).delete_document(name, document_id))
     return Response(content=b"", status_code=200)
 

@@ -57,11 +57,12 @@ class ImagesResponse(msgspec.Struct, omit_defaults=True):
     size: str | None = None  # "WxH" made
     quality: str | None = None  # echoed from the request
     background: str | None = None  # echoed from the request
+    usage: ImageUsage | None = None
 
 
 class ImageUsage(msgspec.Struct):
-    input_tokens: int = 0  # not counted for diffusion pipelines: 0
-    output_tokens: int = 0
+    input_tokens: int = 0  # the prompt's tokens by the pipeline's tokenizer (with its start/end tokens, at most 77)
+    output_tokens: int = 0  # a diffusion pipeline makes no tokens: 0
     total_tokens: int = 0
 
 

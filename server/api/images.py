@@ -153,12 +153,15 @@ async def _images(request: Request, body: it_.ImageGenerationRequest, req: Image
             return it_.ImageData(url=f"{str(request.base_url).rstrip('/')}/api/artifacts/{art.digest}", seed=img.seed)
         return it_.ImageData(b64_json=base64.b64encode(img.data).decode(), seed=img.seed)
 
-    def event(kind_: str, img: GeneratedImage, index: int | None) -> bytes:
+    def usage(done: Done) -> it_.ImageUsage:
+        return it_.ImageUsage(input_tokens=done.input_tokens, total_tokens=done.input_tokens)
+
+    def event(kind_: str, img: GeneratedImage, index: int | None, done: Done | None = None) -> bytes:
         ev = it_.ImageStreamEvent(type=f"{kind}.{kind_}", b64_json=base64.b64encode(img.data).decode(),
                                   created_at=int(time.time()), size=f"{img.width}x{img.height}",
                                   output_format=img.format, quality=quality, background=background,
                                   partial_image_index=index, seed=img.seed,
-                                  usage=it_.ImageUsage() if kind_ == "completed" else None)
+                                  usage=usage(done) if done is not None else None)
         return b"event: " + ev.type.encode() + b"\n" + _sse(ev)
 
     items = svc.generate(req)
@@ -172,7 +175,7 @@ async def _images(request: Request, body: it_.ImageGenerationRequest, req: Image
                             yield event("partial_image", img, x.index)
                     elif isinstance(x, Done):
                         for img in x.images:
-                            yield event("completed", img, None)
+                            yield event("completed", img, None, x)
                     try:
                         x = await items.__anext__()
                     except StopAsyncIteration:
@@ -192,7 +195,8 @@ async def _images(request: Request, body: it_.ImageGenerationRequest, req: Image
         assert isinstance(done, Done)
         img = done.images[0]
         return it_.ImagesResponse(created=created, data=[data(i) for i in done.images], output_format=img.format,
-                                  size=f"{img.width}x{img.height}", quality=body.quality, background=body.background)
+                                  size=f"{img.width}x{img.height}", quality=body.quality, background=body.background,
+                                  usage=usage(done))
 
     return await respond(request, items, stream=False, streamed=None, gathered=gathered)  # type: ignore[arg-type]
 

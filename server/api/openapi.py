@@ -86,8 +86,8 @@ ADAPTERS = "Adapters"
 RETRIEVAL = "Retrieval"
 _COLLECTION = {"name": "name", "in": "path", "required": True, "description": "the collection's name",
                "schema": {"type": "string"}}
-_DOCUMENT = {"name": "document_id", "in": "path", "required": True, "description": "the document's id",
-             "schema": {"type": "string"}}
+_DOCUMENT = {"name": "document_id", "in": "path", "required": True,
+             "description": "the document's id (the rest of the path: it may hold '/')", "schema": {"type": "string"}}
 
 OPERATIONS: tuple[Operation, ...] = (
     # ---- Ollama: liveness, generation, embeddings

@@ -60,6 +60,7 @@ class Job:
     on_step: Callable[[int, int], None] = lambda k, n: None
     on_partial: Callable[[int, list], None] = lambda index, images: None  # (partial index, PIL images)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    prompt_tokens: int = 0  # set by the queue's worker thread (service.py: prompt_tokens)
 
     @property
     def key(self) -> tuple:

@@ -34,7 +34,7 @@ from ..store.store import Store
 from . import png, require_imaging
 from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, Cancelled, Job
 from .request import FORMATS, ImageRequest
-from .store import folder_for, is_image_entry, lora_layers, pipeline_model
+from .store import folder_for, is_image_entry, lora_layers, pipeline_model, prune_folders
 
 log = logging.getLogger("corral.imaging")
 
@@ -71,6 +71,7 @@ class Done:
     images: list[GeneratedImage]
     load_duration: int  # ns
     total_duration: int
+    input_tokens: int = 0  # the prompt's tokens, as the pipeline's (first) tokenizer makes them for its text encoder
 
 
 class PipelineQueue:
@@ -120,7 +121,7 @@ class PipelineQueue:
             log.info("denoising %d image(s) of %d request(s): %dx%d, %d steps", sum(len(j.seeds) for j in batch),
                      len(batch), batch[0].width, batch[0].height, batch[0].steps)
             try:
-                results = await asyncio.shield(loop.run_in_executor(self._thread, self.pipeline.run, batch))
+                results = await asyncio.shield(loop.run_in_executor(self._thread, self._run, batch))
             except Cancelled:
                 for job in batch:
                     _settle(job, exc=asyncio.CancelledError())
@@ -135,6 +136,13 @@ class PipelineQueue:
             for job, images in zip(batch, results):
                 _settle(job, result=images)
 
+    def _run(self, batch: list[Job]) -> list[list[Any]]:
+        """In the queue's thread: the prompts' token counts (here, as a fast tokenizer is not to be used
+        from two threads at once), then the run."""
+        for job in batch:
+            job.prompt_tokens = prompt_tokens(self.pipeline, job.request.prompt)
+        return self.pipeline.run(batch)
+
     def close(self) -> None:
         """Free the pipeline (in the scheduler's thread); a run under way finishes first."""
         if self._closed:
@@ -142,6 +150,18 @@ class PipelineQueue:
         self._closed = True
         self._thread.shutdown(wait=True)
         self.pipeline.close()
+
+
+def prompt_tokens(pipeline: Any, prompt: str) -> int:
+    """The tokens of `prompt` its text encoder reads: the pipeline's (first) tokenizer with its start and end
+    tokens, cut at the tokenizer's length as the pipeline cuts it (77 for CLIP), no padding; 0 without one."""
+    tokenizer = getattr(getattr(pipeline, "base", None), "tokenizer", None)
+    if tokenizer is None or not prompt:
+        return 0
+    try:
+        return len(tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids)
+    except Exception:  # a tokenizer that takes other arguments: not counted
+        return 0
 
 
 def _settle(job: Job, result: Any = None, exc: BaseException | None = None) -> None:
@@ -219,6 +239,34 @@ class ImageService:
         self.scheduler = scheduler
         self.loader = PipelineLoader(settings)
         scheduler.loaders.append(self.loader)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the server's, once a request used this service
+        self._unloading: set[asyncio.Task] = set()
+        store.on_removed.append(self._blobs_removed)
+        try:  # folders of pipelines deleted while no server ran
+            gone = prune_folders(store, self.loader.root)
+        except OSError as exc:
+            log.warning("could not clean %s: %s", self.loader.root, exc)
+        else:
+            if gone:
+                log.info("removed %d pipeline folder(s) no model uses", len(gone))
+
+    def _blobs_removed(self, removed: list[str]) -> None:
+        """Store.remove_unused removed these blobs (a delete, or a replaced model): a pipeline whose index
+        went is used by no model any more, so its folder goes (it holds hard links: the disk space stays
+        taken until then) and, loaded, it is unloaded (a delete unloads the model's own digest, and a
+        pipeline is loaded as its index's)."""
+        for name in prune_folders(self.store, self.loader.root, removed):
+            log.info("removed the folder of pipeline %s (no model uses it)", name[:12])
+        loop = self._loop
+        for digest in removed:
+            hexdigest = digest.removeprefix("sha256:")
+            if loop is not None and hexdigest in self.scheduler.loaded:
+                loop.call_soon_threadsafe(self._unload, hexdigest)
+
+    def _unload(self, hexdigest: str) -> None:
+        task = asyncio.ensure_future(self.scheduler.unload(hexdigest))
+        self._unloading.add(task)
+        task.add_done_callback(self._unloading.discard)
 
     # ---- lookup --------------------------------------------------------------------------
 
@@ -274,6 +322,7 @@ class ImageService:
 
     async def load(self, name: str, keep_alive: Any = None) -> str:
         """The empty-prompt form: load the pipeline ("load"), or unload it with keep_alive 0 ("unload")."""
+        self._loop = asyncio.get_running_loop()
         model = pipeline_model(self._image_model(name))
         keep = self.keep_alive(keep_alive)
         if keep == 0:
@@ -289,6 +338,7 @@ class ImageService:
         """Progress per step (and previews), then Done with the images. Errors before the first item
         are the caller's (BadRequest 400, NotFound 404, QueueFull 503, ModelLoadError)."""
         start = time.perf_counter_ns()
+        self._loop = asyncio.get_running_loop()
         req.check()
         model = self._image_model(req.model)
         adapters = self._adapters(model, req)
@@ -313,7 +363,8 @@ class ImageService:
                 yield item
             images = job.future.result()  # type: ignore[attr-defined]
         out = await asyncio.to_thread(self._encode_all, images, job)
-        yield Done(images=out, load_duration=load_ns, total_duration=time.perf_counter_ns() - start)
+        yield Done(images=out, load_duration=load_ns, total_duration=time.perf_counter_ns() - start,
+                   input_tokens=job.prompt_tokens)
 
     def _job(self, queue: PipelineQueue, model: Model, req: ImageRequest, image: Any, mask: Any,
              adapters: tuple) -> Job:

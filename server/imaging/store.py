@@ -13,7 +13,8 @@ bookkeeping treat a pipeline as any model. Two create forms (`/api/create`, `cor
 
 Weights must be safetensors (or ONNX): pickled checkpoints (`.bin`, `.ckpt`, `.pt`) run code when
 loaded and are refused. To load, `folder_for` rebuilds the folder under `<data dir>/imaging/pipelines/
-<index digest>` as hard links (or symlinks) to the blobs (made in a temporary folder, then renamed into place).
+<index digest>` as hard links (or symlinks) to the blobs (made in a temporary folder, then renamed into place);
+`prune_folders` removes the folder once its index blob is gone (no model uses the pipeline any more).
 """
 
 from __future__ import annotations
@@ -207,6 +208,29 @@ def folder_for(model: Model, root: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def prune_folders(store: Store, root: Path, removed: list[str] | None = None) -> list[str]:
+    """Remove the pipeline folders whose index blob the store no longer has (no stored model uses that
+    pipeline any more): only those of `removed` (digests `Store.remove_unused` just removed), or, without
+    it, every one under `root` (at start, for models deleted while no server ran). The folders hold hard
+    links to the blobs, so until they go the disk space stays taken. A pipeline still loaded from one keeps
+    running: its open files stay readable. Returns the folder names removed."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    if removed is None:
+        names = [p.name for p in root.iterdir() if not p.name.startswith(".")]
+    else:
+        names = [d.removeprefix("sha256:") for d in removed]
+    gone = []
+    for name in names:
+        folder = root / name
+        if len(name) != 64 or not folder.is_dir() or store.has_blob("sha256:" + name):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        gone.append(name)
+    return gone
 
 
 def lora_layers(model: Model) -> list[mf.Layer]:

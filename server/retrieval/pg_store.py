@@ -9,6 +9,7 @@ Short-lived connections (psycopg 3) in the caller's worker thread.
 from __future__ import annotations
 
 import json
+import struct
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -48,6 +49,18 @@ _JOIN = "JOIN corral_documents d ON d.collection_id = c.collection_id AND d.id =
 
 def _literal(vector: np.ndarray) -> str:
     return "[" + ",".join(f"{x:.8g}" for x in vector.tolist()) + "]"
+
+
+def _binary(vector: np.ndarray) -> bytes:
+    """pgvector's binary form (vector_recv): int16 dimensions, int16 unused, big-endian float4s."""
+    return struct.pack(">HH", vector.shape[0], 0) + vector.astype(">f4").tobytes()
+
+
+# One COPY per document: the chunks in binary (vectors in pgvector's binary form, written as raw bytes:
+# binary COPY carries no types, the server reads each field with its column's own input function).
+_COPY_CHUNKS = ("COPY corral_chunks (collection_id, document_id, seq, text, start_offset, end_offset, page, heading, "
+                "metadata, embedding) FROM STDIN (FORMAT BINARY)")
+_COPY_TYPES = ["int8", "text", "int4", "text", "int4", "int4", "int4", "text", "jsonb", "bytea"]
 
 
 class PgStore:
@@ -127,13 +140,14 @@ class PgStore:
                        "chunks, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                        (collection.id, doc.id, doc.name, doc.format, doc.digest, json.dumps(doc.metadata),
                         doc.characters, len(chunks), doc.created_at))
-            rows = [(collection.id, doc.id, seq, chunk.text, chunk.start, chunk.end, chunk.page, chunk.heading,
-                     json.dumps({**doc.metadata, **chunk.metadata}), _literal(as_vector(vector, collection.dimensions)))
-                    for seq, (chunk, vector) in enumerate(zip(chunks, vectors, strict=True))]
-            with db.cursor() as cur:
-                cur.executemany("INSERT INTO corral_chunks (collection_id, document_id, seq, text, start_offset, "
-                                "end_offset, page, heading, metadata, embedding) VALUES "
-                                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::vector)", rows)
+            # an error mid-COPY (a bad vector, zip's strict) aborts the COPY and rolls the document back. Most of
+            # an ingest's time is pgvector adding each row to the collection's HNSW graph, not this writing.
+            with db.cursor() as cur, cur.copy(_COPY_CHUNKS) as copy:
+                copy.set_types(_COPY_TYPES)
+                for seq, (chunk, vector) in enumerate(zip(chunks, vectors, strict=True)):
+                    copy.write_row((collection.id, doc.id, seq, chunk.text, chunk.start, chunk.end, chunk.page,
+                                    chunk.heading, {**doc.metadata, **chunk.metadata},
+                                    _binary(as_vector(vector, collection.dimensions))))
 
     def _documents(self, db, collection: CollectionInfo, where: str, args: tuple) -> list[DocumentInfo]:
         rows = db.execute("SELECT id, name, format, digest, metadata, characters, chunks, created_at "

@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +107,8 @@ class Store:
         self.manifests.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._pins: Counter[str] = Counter()
+        # called with the digests `remove_unused` removed (server/imaging drops a pipeline's folder with its index)
+        self.on_removed: list[Callable[[list[str]], None]] = []
         if clean_temp:
             self.remove_leftovers()
 
@@ -343,6 +345,11 @@ class Store:
                 except FileNotFoundError:
                     continue
                 removed.append(digest)
+            for hook in self.on_removed if removed else ():
+                try:
+                    hook(removed)
+                except Exception:
+                    log.exception("after removing %d blob(s)", len(removed))
             return removed
 
     @contextlib.contextmanager
