@@ -10,8 +10,10 @@ requests each, `--tokens` tokens per request (ignore_eos), in one run:
   aggregate tok/s over wall time and TTFT p50.
 - with `--llama-server PATH`: the same three loads on llama-server started with the four adapters
   (`--lora` each) and `-np streams`, choosing them per request (`"lora": [{"id", "scale"}]`).
-- the cost of switching adapter sets, on Corral's engine in this process: a step of two sequences on
-  two different sets (two decodes and two switches) against a step of two on one set.
+- the cost of mixing adapter sets, on Corral's engine in this process: a step of two sequences on two
+  different sets against a step of two on one set. With Corral's llama.cpp (per-sequence adapters) both
+  are one decode, the mixed one with a second adapter's terms; on a llama.cpp without the patch the mixed
+  step is two one-row decodes and two switches of the graph's set, and the switch's own cost is reported.
 - memory: the server's resident memory with the base loaded, then with the four adapter models loaded
   on it (one base), and the planner's figure for four separate loads (what a runner per model costs).
 Goal (issue 17): four different adapters >= llama-server's aggregate, and >= 0.6 x all-on-one-adapter.
@@ -97,9 +99,9 @@ async def load(url: str, bodies, n: int, rounds: int, llama_server: bool) -> tup
 
 
 def switch_cost(path: str, adapters: list[Path], steps: int = 64) -> dict:
-    """The cost of changing adapter sets, on the engine (no HTTP): two sequences on two sets run as
-    one-row decodes that alternate by turns, so their time less twice one sequence's time alone, over
-    the switches counted, is what a switch costs."""
+    """What mixing adapter sets costs, on the engine (no HTTP): two sequences on two sets against two on
+    one set. Without per-sequence adapters the two sets run as one-row decodes that alternate by turns,
+    so their time less twice one sequence's time alone, over the switches counted, is a switch's cost."""
     model = LlamaModel(path)
     runner = Runner(model, n_ctx=512, n_parallel=2)
 
@@ -123,14 +125,19 @@ def switch_cost(path: str, adapters: list[Path], steps: int = 64) -> dict:
         switches0 = runner.stats["adapter_switches"]
         mixed = statistics.median(asyncio.run(run([adapters[0], adapters[1]])) for _ in range(3))
         switches = (runner.stats["adapter_switches"] - switches0) / 3
+        per_seq = runner.per_seq_adapters
     finally:
         runner.close()
         model.close()
-    return {"one_sequence_ms_per_token": round(1000 * alone / steps, 2),
-            "two_on_one_set_ms_per_step": round(1000 * same / steps, 2),
-            "two_on_two_sets_ms_per_step": round(1000 * mixed / steps, 2),
-            "switches_per_run": switches,
-            "ms_per_switch": round(1000 * (mixed - 2 * alone) / max(switches, 1), 3)}
+    result = {"per_sequence_adapters": per_seq,
+              "one_sequence_ms_per_token": round(1000 * alone / steps, 2),
+              "two_on_one_set_ms_per_step": round(1000 * same / steps, 2),
+              "two_on_two_sets_ms_per_step": round(1000 * mixed / steps, 2),
+              "two_sets_over_one_set": round(mixed / same, 3),
+              "graph_set_changes_per_run": switches}
+    if not per_seq:
+        result["ms_per_switch"] = round(1000 * (mixed - 2 * alone) / max(switches, 1), 3)
+    return result
 
 
 def main() -> None:
@@ -166,6 +173,8 @@ def main() -> None:
         for name, bodies in cases.items():
             tok_s, ttft = asyncio.run(load(server.url, bodies, n, args.rounds, False))
             result[f"corral_{name}_tok_s"], result[f"corral_{name}_ttft_p50_ms"] = round(tok_s, 1), round(ttft, 1)
+        result["corral_four_adapters_over_one_adapter"] = round(
+            result["corral_four_adapters_tok_s"] / result["corral_one_adapter_tok_s"], 3)
         ps = httpx.get(server.url + "/api/ps").json()["models"]
         result["rss_base_only_mib"] = round(rss_base / 2**20, 1)
         result["rss_base_plus_four_adapter_models_mib"] = round(rss_bytes(server.proc.pid) / 2**20, 1)

@@ -43,11 +43,11 @@ def classify_decode(frames: list[str], decode_lines: set[int]) -> str:
     for frame in reversed(frames):
         if "sampling.py" in frame:
             return "sampling"
-        if "_apply_stops" in frame or "piece (" in frame or "codecs" in frame:
+        if "apply_stops" in frame or "piece (" in frame or "codecs" in frame:
             return "detokenise + stop strings"
         if "_post (" in frame or "call_soon_threadsafe" in frame:
             return "hand-off to the event loop"
-        if "_logprobs" in frame:
+        if "token_logprobs" in frame:
             return "logprobs"
     return "batch building + bookkeeping"
 

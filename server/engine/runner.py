@@ -40,7 +40,6 @@ import collections
 import concurrent.futures
 import ctypes
 import logging
-import math
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -48,8 +47,9 @@ from collections.abc import AsyncIterator
 import llama_cpp.llama_cpp as C
 import numpy as np
 
-from .job import AdapterSet, Done, Event, Failed, Job, Piece, TokenLogprob
+from .job import AdapterSet, Done, Event, Failed, Job, Piece
 from .llama import LlamaModel, LoadError, context_params, default_threads, new_context, set_adapters_lora_seq
+from .output import apply_stops, token_logprobs
 from .sampling import Chain
 
 log = logging.getLogger("corral.engine")
@@ -670,49 +670,20 @@ class Runner:
         text = seq.decoder.decode(raw)
         logprob = top = None
         if job.logprobs >= 0:
-            logprob, top = self._logprobs(self._row(seq.out_row) if logits is None else logits, token, job.logprobs)
+            logprob, top = token_logprobs(self._row(seq.out_row) if logits is None else logits, token, job.logprobs,
+                                          self.model.piece)
         stopped = False
         if job.stop:
-            text, stopped = self._apply_stops(seq, text)
+            text, seq.held, stopped = apply_stops(seq.held, text, job.stop)
         out.append((job, Piece(text, token, logprob, top)))
         if stopped:
             self._finish(seq, "stop", out)
         elif 0 < job.num_predict <= len(seq.generated) or len(seq.generated) >= OPEN_ENDED_LIMIT * self.n_ctx:
             self._finish(seq, "length", out)
 
-    def _apply_stops(self, seq: _Seq, text: str) -> tuple[str, bool]:
-        """Cut at the first stop string; hold back a tail that may still become one."""
-        held = seq.held + text
-        cut = min((i for i in (held.find(s) for s in seq.job.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            seq.held = ""
-            return held[:cut], True
-        hold = 0
-        for s in seq.job.stop:
-            for k in range(min(len(s) - 1, len(held)), hold, -1):
-                if s.startswith(held[-k:]):
-                    hold = k
-                    break
-        seq.held = held[len(held) - hold:] if hold else ""
-        return held[: len(held) - hold], False
-
     def _row(self, row: int) -> np.ndarray:
         """This step's logits for batch row `row` (a view: valid until the next decode)."""
         return np.ctypeslib.as_array(C.llama_get_logits_ith(self.ctx, row), shape=(self.model.n_vocab,))
-
-    def _logprobs(self, logits: np.ndarray, token: int, top_n: int) -> tuple[TokenLogprob, list[TokenLogprob]]:
-        m = float(logits.max())
-        lse = m + math.log(float(np.exp(logits - m).sum()))
-
-        def entry(t: int) -> TokenLogprob:
-            piece = self.model.piece(int(t))
-            return TokenLogprob(piece.decode("utf-8", errors="replace"), float(logits[t]) - lse, list(piece))
-
-        top: list[TokenLogprob] = []
-        if top_n > 0:
-            idx = np.argpartition(-logits, top_n)[:top_n]
-            top = [entry(int(t)) for t in idx[np.argsort(-logits[idx])]]
-        return entry(token), top
 
     def _finish(self, seq: _Seq, reason: str, out: list[tuple[Job, Event]]) -> None:
         job = seq.job

@@ -67,6 +67,7 @@ def export(folder: Path, out: Path, adapters: list[tuple[str, float]] = (),
                               input_names=["sample", "timestep", "encoder_hidden_states"], output_names=["out_sample"],
                               dynamic_axes={"sample": {0: "batch", 2: "height", 3: "width"},
                                             "encoder_hidden_states": {0: "batch"}, "out_sample": {0: "batch"}})
+            _one_weights_file(work / "unet")
             progress(2, 3, "exporting the VAE decoder")
             (work / "vae_decoder").mkdir()
             torch.onnx.export(_VaeDecoder(vae), (torch.randn(1, vae.config.latent_channels, latent, latent),),
@@ -86,6 +87,22 @@ def export(folder: Path, out: Path, adapters: list[tuple[str, float]] = (),
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _one_weights_file(folder: Path) -> None:
+    """A graph over protobuf's 2 GB limit (an SD 1.5 UNet in fp32) is exported with a file per weight
+    beside model.onnx; gather them into the one external file (`weights.pb`) that diffusers' ONNX
+    models save and load, so the exported folder is model.onnx and weights.pb."""
+    extra = [p for p in folder.iterdir() if p.name != "model.onnx"]
+    if not extra:
+        return
+    import onnx
+
+    model = onnx.load(str(folder / "model.onnx"))  # reads the external files too
+    for p in extra:
+        p.unlink()
+    onnx.save_model(model, str(folder / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.pb")
 
 
 def _modules():
