@@ -174,8 +174,8 @@ def _ldm_unet_key(key: str, per_block: int, up_attn: set[int]) -> str:
     """A diffusers UNet2DConditionModel key → the original (CompVis LDM) key, for any depth."""
     from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 
-    fixed = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]
-    if key in fixed:
+    fixed = {**DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"], **DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"]}
+    if key in fixed:  # SDXL's added (pooled text + size) embedding is `label_emb.0.*`
         return fixed[key]
     part, i, kind, j, rest = (key.split(".", 4) + [""] * 5)[:5]
     if part == "mid_block":  # mid_block.resnets.K.rest / mid_block.attentions.0.rest
@@ -220,7 +220,7 @@ def _ldm_vae_key(key: str, blocks: int) -> str:
     return f"{coder}.{name}.{ldm}.block.{j}.{rest.replace('conv_shortcut', 'nin_shortcut')}"
 
 
-def write_single_file(pipe_dir: Path, file: Path) -> Path:
+def write_single_file(pipe_dir: Path, file: Path, *, text_encoder: bool = True) -> Path:
     """The pipeline's UNet, VAE and CLIP text encoder as one original-format (CompVis/A1111) SD 1.x
     checkpoint: `model.diffusion_model.*`, `first_stage_model.*` (attention projections as 1×1 convs),
     `cond_stage_model.transformer.text_model.*`. The inverse of diffusers' single-file conversion."""
@@ -232,7 +232,7 @@ def write_single_file(pipe_dir: Path, file: Path) -> Path:
     vae_cfg = json.loads((pipe_dir / "vae" / "config.json").read_text())
     unet = load_file(str(pipe_dir / "unet" / "diffusion_pytorch_model.safetensors"))
     vae = load_file(str(pipe_dir / "vae" / "diffusion_pytorch_model.safetensors"))
-    text = load_file(str(pipe_dir / "text_encoder" / "model.safetensors"))
+    text = load_file(str(pipe_dir / "text_encoder" / "model.safetensors")) if text_encoder else {}
     up_attn = {i for i, t in enumerate(unet_cfg["up_block_types"]) if "CrossAttn" in t}
     out: dict[str, torch.Tensor] = {}
     for key, value in unet.items():
@@ -248,3 +248,111 @@ def write_single_file(pipe_dir: Path, file: Path) -> Path:
     file.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in out.items()}, str(file))
     return file
+
+
+def write_tiny_sdxl_pipeline(folder: Path, seed: int = 0) -> Path:
+    """Save a StableDiffusionXLPipeline with tiny random weights: a UNet with SDXL's `text_time` added
+    embedding (pooled text + size/crop conditioning), deeper transformers in its attention block and linear
+    projections; a CLIPTextModel (hidden 32) and a CLIPTextModelWithProjection (hidden 64, 10 layers: the
+    depth diffusers' checkpoint detection looks for, `resblocks.9`) whose states are concatenated (96)."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    folder = Path(folder)
+    parts = tiny_components(seed)
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=96, norm_num_groups=4, attention_head_dim=(2, 4), use_linear_projection=True,
+        transformer_layers_per_block=(1, 2), addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32)
+    common = dict(bos_token_id=0, eos_token_id=2, pad_token_id=1, intermediate_size=37, layer_norm_eps=1e-05,
+                  num_attention_heads=4, vocab_size=1000, max_position_embeddings=77)
+    text_2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=64, num_hidden_layers=10, projection_dim=32,
+                                                        hidden_act="gelu", **common)).eval()
+    tok_dir = write_tiny_tokenizer(folder / ".tokenizer-src")
+    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
+    pipe = StableDiffusionXLPipeline(
+        vae=parts["vae"], unet=unet.eval(), scheduler=parts["scheduler"], tokenizer=tokenizer,
+        tokenizer_2=CLIPTokenizer.from_pretrained(str(tok_dir), pad_token="!"),
+        text_encoder=CLIPTextModel(CLIPTextConfig(hidden_size=32, num_hidden_layers=2, **common)).eval(),
+        text_encoder_2=text_2)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    for p in sorted(tok_dir.iterdir()):
+        p.unlink()
+    tok_dir.rmdir()
+    return folder
+
+
+_OPEN_CLIP = [("text_model.encoder.layers.", "transformer.resblocks."), ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
+              (".fc1.", ".c_fc."), (".fc2.", ".c_proj."), (".self_attn.", ".attn."),
+              ("text_model.final_layer_norm.", "ln_final."),
+              ("text_model.embeddings.token_embedding.weight", "token_embedding.weight"),
+              ("text_model.embeddings.position_embedding.weight", "positional_embedding")]
+
+
+def _open_clip_state(text: dict) -> dict:
+    """A CLIPTextModelWithProjection's state in open_clip's layout (SDXL's second encoder): q/k/v fused into
+    `attn.in_proj_*`, the projection as a [hidden, projection] matrix."""
+    import torch
+
+    out = {"text_projection": text["text_projection.weight"].T}
+    for key, value in text.items():
+        if key == "text_projection.weight" or ".k_proj." in key or ".v_proj." in key:
+            continue
+        if ".q_proj." in key:
+            kind = key.rsplit(".", 1)[1]
+            value = torch.cat([text[key.replace(".q_proj.", f".{p}_proj.")] for p in "qkv"])
+            key = key.replace(".q_proj." + kind, ".in_proj_" + kind)
+        for new, old in _OPEN_CLIP:
+            key = key.replace(new, old)
+        out[key] = value
+    return out
+
+
+def write_sdxl_single_file(pipe_dir: Path, file: Path) -> Path:
+    """A StableDiffusionXLPipeline folder as one original-format SDXL checkpoint (Stability's
+    `sd_xl_base_1.0.safetensors` layout): `model.diffusion_model.*` (the added embedding as `label_emb.0.*`),
+    `first_stage_model.*`, `conditioner.embedders.0.transformer.text_model.*` (the CLIP text encoder) and
+    `conditioner.embedders.1.model.*` (the second, in open_clip's layout)."""
+    from safetensors.torch import load_file, save_file
+
+    pipe_dir = Path(pipe_dir)
+    sd = Path(file).with_suffix(".sd-part.safetensors")
+    write_single_file(pipe_dir, sd, text_encoder=False)  # the UNet and VAE are laid out as SD 1.x's
+    out = load_file(str(sd))
+    sd.unlink()
+    text = load_file(str(pipe_dir / "text_encoder" / "model.safetensors"))
+    for key, value in text.items():
+        out["conditioner.embedders.0.transformer.text_model." + key.removeprefix("text_model.")] = value
+    text_2 = load_file(str(pipe_dir / "text_encoder_2" / "model.safetensors"))
+    out.update({"conditioner.embedders.1.model." + k: v for k, v in _open_clip_state(text_2).items()})
+    save_file({k: v.contiguous() for k, v in out.items()}, str(file))
+    return Path(file)
+
+
+def write_tiny_inpaint_pipeline(folder: Path, seed: int = 0) -> Path:
+    """Save a StableDiffusionInpaintPipeline with tiny random weights and an inpainting UNet (9 input
+    channels: the latents, the mask and the masked image's latents, as in SD 1.5 inpainting)."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    folder = Path(folder)
+    parts = tiny_components(seed)
+    torch.manual_seed(seed + 1)
+    parts["unet"] = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=9, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, norm_num_groups=4,
+        attention_head_dim=4).eval()
+    tok_dir = write_tiny_tokenizer(folder / ".tokenizer-src")
+    tokenizer = parts.pop("tokenizer_cls").from_pretrained(str(tok_dir))
+    pipe = StableDiffusionInpaintPipeline(**parts, tokenizer=tokenizer, safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    for p in sorted(tok_dir.iterdir()):
+        p.unlink()
+    tok_dir.rmdir()
+    return folder

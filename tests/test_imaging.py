@@ -24,7 +24,8 @@ from PIL import Image
 from server.store.register import register_gguf
 from server.store.store import Store
 from tests.conftest import ROOT, start_server
-from tests.diffusers_factory import write_hf_cache, write_single_file, write_tiny_lora, write_tiny_pipeline
+from tests.diffusers_factory import (write_hf_cache, write_sdxl_single_file, write_single_file, write_tiny_lora,
+                                     write_tiny_inpaint_pipeline, write_tiny_pipeline, write_tiny_sdxl_pipeline)
 
 pytest.importorskip("diffusers")
 
@@ -216,6 +217,30 @@ def test_create_from_a_single_file_checkpoint(server, tmp_path):
     (tmp_path / "x.ckpt").write_bytes(b"not read")
     made = corral(server, "create", "nope", "--diffusers", str(tmp_path / "x.ckpt"))
     assert made.returncode == 1 and "pickled" in made.stderr
+
+
+def test_create_from_an_sdxl_single_file_checkpoint(server, tmp_path):
+    """An original-format SDXL checkpoint (Stability's layout: the UNet with its added text/size embedding as
+    `label_emb`, `conditioner.embedders.0.transformer.*` for the CLIP encoder, `conditioner.embedders.1.model.*`
+    in open_clip's layout for the second one, with a projection) becomes a StableDiffusionXLPipeline offline,
+    whose image equals the pipeline's own (an empty negative prompt zeroes the negative embeddings, as in
+    diffusers' SDXL call without one)."""
+    src = write_tiny_sdxl_pipeline(tmp_path / "src", seed=4)
+    ckpt = write_sdxl_single_file(src, tmp_path / "tiny-sdxl.safetensors")
+    cache = tmp_path / "hub"
+    write_hf_cache(cache, "tiny-org/sdxl-configs", src, only=(".json", ".txt"))
+    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    made = corral(server, "create", "tiny-sdxl", "--diffusers", str(ckpt), "--config", "tiny-org/sdxl-configs",
+                  env=env)
+    assert made.returncode == 0, made.stderr
+    assert ollama.Client(host=server.url).show("tiny-sdxl").details.family == "StableDiffusionXLPipeline"
+    # Corral's default guidance is 7.5 for every pipeline (SDXL's own call defaults to 5.0)
+    assert np.array_equal(_image(server, "tiny-sdxl"), direct(src, "a red cat", 42, 3, guidance_scale=7.5))
+    _delete(server, "tiny-sdxl")
+    # no --config: diffusers takes it for an SDXL base checkpoint, whose repository is not cached: refused
+    made = corral(server, "create", "nope", "--diffusers", str(ckpt), env=env)
+    assert made.returncode == 1 and "'xl_base' checkpoint" in made.stderr
+    assert "stabilityai/stable-diffusion-xl-base-1.0" in made.stderr
 
 
 def test_a_pipeline_folder_goes_with_the_last_model_that_uses_it(server, tmp_path):
@@ -426,15 +451,41 @@ def test_client_that_leaves_cancels_its_image_between_steps(server):
     assert r.status_code == 200 and r.json()["image"]
 
 
-def test_client_that_leaves_a_shared_run_drops_its_rows(server):
+@pytest.fixture
+def drop_model(server, tmp_path, request):
+    """The model a row-drop test runs: tiny-sd, or a tiny SDXL pipeline or inpainting one (9-channel UNet)
+    created for the test and deleted after it (the tools pick the last image model used)."""
+    name = request.param
+    makers = {"tiny-xl": write_tiny_sdxl_pipeline, "tiny-inpaint": write_tiny_inpaint_pipeline}
+    if name not in makers:
+        yield name
+        return
+    made = corral(server, "create", name, "--diffusers", str(makers[name](tmp_path / name, seed=7)))
+    assert made.returncode == 0, made.stderr
+    try:
+        yield name
+    finally:
+        _delete(server, name)
+
+
+_INPAINT = {"images": [base64.b64encode(png_bytes()).decode()],
+            "options": {"mask": base64.b64encode(png_bytes(mode="L")).decode()}}
+
+
+@pytest.mark.parametrize("drop_model, extra", [("tiny-sd", {}), ("tiny-xl", {}), ("tiny-inpaint", _INPAINT)],
+                         ids=["sd", "sdxl", "inpaint"], indirect=["drop_model"])
+def test_client_that_leaves_a_shared_run_drops_its_rows(server, drop_model, extra):
     """Two requests in one denoising run; one client leaves after two steps: its rows leave the batch (no
-    more work for it) and the other request still gets exactly its solo image."""
-    body = {"model": "tiny-sd", "steps": 60}
+    more work for it) and the other request still gets exactly its solo image. Stable Diffusion text-to-image,
+    SDXL text-to-image (its pooled embeddings and time ids rows too), inpainting with a 9-channel UNet (its
+    mask and masked image latents rows too)."""
+    body = {"model": drop_model, "steps": 60, **{k: v for k, v in extra.items() if k != "options"}}
+    opts = extra.get("options", {})
 
     async def leaver() -> None:
         async with httpx.AsyncClient(timeout=60) as c:
             async with c.stream("POST", f"{server.url}/api/generate",
-                                json={**body, "prompt": "goes away", "options": {"seed": 31}}) as r:
+                                json={**body, "prompt": "goes away", "options": {**opts, "seed": 31}}) as r:
                 seen = 0
                 async for line in r.aiter_lines():
                     seen += bool(line.strip())
@@ -444,7 +495,7 @@ def test_client_that_leaves_a_shared_run_drops_its_rows(server):
     async def stayer() -> np.ndarray:
         async with httpx.AsyncClient(timeout=120) as c:
             r = await c.post(f"{server.url}/api/generate", json={**body, "prompt": "stays", "stream": False,
-                                                                 "options": {"seed": 32}})
+                                                                 "options": {**opts, "seed": 32}})
             assert r.status_code == 200, r.text
             return pixels(base64.b64decode(r.json()["image"]))
 
@@ -458,8 +509,21 @@ def test_client_that_leaves_a_shared_run_drops_its_rows(server):
     line = next(x for x in log.splitlines() if "dropped 1 row(s) of 1 request(s) that went away" in x)
     assert int(line.split("after step ")[1].split()[0]) < 60 and line.rstrip().endswith("1 image(s) go on")
     solo = httpx.post(f"{server.url}/api/generate", json={**body, "prompt": "stays", "stream": False,
-                                                          "options": {"seed": 32}}, timeout=120)
+                                                          "options": {**opts, "seed": 32}}, timeout=120)
     assert np.array_equal(got, pixels(base64.b64decode(solo.json()["image"])))
+
+
+@pytest.mark.parametrize("drop_model", ["tiny-inpaint"], indirect=True)
+def test_an_inpainting_model_needs_a_mask(server, drop_model):
+    """A 9-channel inpainting UNet cannot make an image from text alone or edit without a mask: a 400 that
+    says so (diffusers would fail inside the run), and with a mask it answers."""
+    for extra in ({}, {"images": _INPAINT["images"]}):
+        r = httpx.post(f"{server.url}/api/generate", json={"model": drop_model, "prompt": "x", "stream": False,
+                                                           "steps": 2, **extra}, timeout=60)
+        assert r.status_code == 400 and "inpainting model" in r.json()["error"], r.text
+    r = httpx.post(f"{server.url}/api/generate", json={"model": drop_model, "prompt": "x", "stream": False,
+                                                       "steps": 2, **_INPAINT}, timeout=60)
+    assert r.status_code == 200 and r.json()["image"], r.text
 
 
 @pytest.mark.parametrize("body, message", [

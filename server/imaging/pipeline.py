@@ -66,7 +66,10 @@ class Job:
     def key(self) -> tuple:
         """Jobs with equal keys run as one batch."""
         r = self.request
-        return (r.mode, self.width, self.height, self.steps, r.scheduler, self.guidance, r.strength, self.adapters)
+        # an empty negative prompt is not batched with a set one: SDXL zeroes the negative embeddings of a
+        # call without one (force_zeros_for_empty_prompt), which a batch can only do for all of its rows
+        return (r.mode, self.width, self.height, self.steps, r.scheduler, self.guidance, r.strength, self.adapters,
+                bool(r.negative_prompt))
 
 
 class Pipeline:
@@ -103,6 +106,14 @@ class Pipeline:
         factor = getattr(self.base, "vae_scale_factor", 8)
         side = int(getattr(unet.config, "sample_size", 64)) * factor if unet is not None else 512
         return side, side
+
+    def refuses(self, mode: str) -> str | None:
+        """Why this pipeline cannot run a request of `mode` (None: it can). An inpainting UNet (9 input
+        channels: the latents, the mask, the masked image) makes images only from an image and a mask."""
+        unet = getattr(self.base, "unet", None)
+        if unet is not None and getattr(unet.config, "in_channels", 4) == 9 and mode != "inpaint":
+            return "it is an inpainting model (its UNet takes a mask): send an image and a mask"
+        return None
 
     def _pipe_for(self, mode: str) -> Any:
         if mode not in self._modes:
@@ -155,7 +166,8 @@ class Pipeline:
                     images.append(job.image)
                     masks.append(job.mask)
                     owners.append(j)
-            kwargs: dict[str, Any] = dict(prompt=prompts, negative_prompt=negatives, num_inference_steps=first.steps,
+            kwargs: dict[str, Any] = dict(prompt=prompts, negative_prompt=negatives if any(negatives) else None,
+                                          num_inference_steps=first.steps,
                                           guidance_scale=first.guidance, generator=generators, output_type="pil")
             if mode == "text2img":
                 kwargs.update(height=first.height, width=first.width)
@@ -200,7 +212,7 @@ class Pipeline:
                 return tensors
 
             kwargs["callback_on_step_end"] = on_step_end
-            kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"] if droppable else ["latents"]
+            kwargs["callback_on_step_end_tensor_inputs"] = droppable or ["latents"]
             with torch.inference_mode():
                 out = pipe(**kwargs).images
         results: list[list[Any]] = [[] for _ in jobs]
@@ -226,22 +238,38 @@ class Pipeline:
                 torch.cuda.empty_cache()
 
 
-DROPPABLE = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
+# pipeline class → the per-row tensors its loop takes back from the step callback (every one it holds per row)
+DROPPABLE = {
+    "StableDiffusionPipeline": ["latents", "prompt_embeds"],
+    "StableDiffusionImg2ImgPipeline": ["latents", "prompt_embeds"],
+    "StableDiffusionXLPipeline": ["latents", "prompt_embeds", "add_text_embeds", "add_time_ids"],
+    # a 9-channel (inpainting) UNet only: a 4-channel one blends in `image_latents` and `noise` rows each step,
+    # which the callback cannot reach
+    "StableDiffusionInpaintPipeline": ["latents", "prompt_embeds", "negative_prompt_embeds", "mask",
+                                       "masked_image_latents"],
+}
 
 
-def _can_drop_rows(pipe: Any) -> bool:
-    """Whether rows can leave this pipeline's batch between steps: Stable Diffusion text-to-image and
-    image-to-image (whose loops take back `latents` and `prompt_embeds` from the step callback and hold
-    nothing else per row), without a guidance embedding (LCM's `timestep_cond` is sized once per run)."""
+def _can_drop_rows(pipe: Any) -> list[str]:
+    """The tensors to cut when rows leave this pipeline's batch between steps (empty: it cannot): Stable
+    Diffusion text-to-image, image-to-image and inpainting (a 9-channel UNet), SDXL text-to-image, whose loops
+    take back every per-row tensor from the step callback; not with a guidance embedding (LCM's
+    `timestep_cond` is sized once per run) nor an asymmetric VAE (inpainting re-encodes the images after)."""
     unet = getattr(pipe, "unet", None)
-    return (type(pipe).__name__ in DROPPABLE and unet is not None
-            and getattr(unet.config, "time_cond_proj_dim", None) is None)
+    names = DROPPABLE.get(type(pipe).__name__, [])
+    if (not names or unet is None or getattr(unet.config, "time_cond_proj_dim", None) is not None
+            or type(getattr(pipe, "vae", None)).__name__ == "AsymmetricAutoencoderKL"):
+        return []
+    if "mask" in names and getattr(unet.config, "in_channels", 4) != 9:
+        return []
+    return names
 
 
 def _drop_rows(pipe: Any, tensors: dict, keep: list[int], batch: int, generators: list) -> dict:
-    """Keep only the batch rows `keep` of a run between two steps: the latents, the prompt embeddings
-    (with classifier-free guidance [negative; positive], each `batch` rows), the per-row state the
-    scheduler holds (multistep solvers' previous outputs: any tensor of the latents' rank with `batch`
+    """Keep only the batch rows `keep` of a run between two steps: the latents and the callback's other
+    per-row tensors (prompt embeddings, SDXL's pooled embeddings and time ids, inpainting's mask and masked
+    image latents: with classifier-free guidance [negative; positive], each `batch` rows), the per-row state
+    the scheduler holds (multistep solvers' previous outputs: any tensor of the latents' rank with `batch`
     rows), and the generators (in place: the scheduler's step and the VAE hold the same list)."""
     import torch
 
@@ -255,11 +283,15 @@ def _drop_rows(pipe: Any, tensors: dict, keep: list[int], batch: int, generators
 
     out = dict(tensors)
     out["latents"] = cut(latents)
-    embeds = tensors["prompt_embeds"]
-    if embeds.shape[0] == 2 * batch:
-        out["prompt_embeds"] = embeds.index_select(0, torch.cat([index, index + batch]).to(embeds.device))
-    else:
-        out["prompt_embeds"] = embeds.index_select(0, index.to(embeds.device))
+    for name, value in tensors.items():
+        if name == "latents" or not isinstance(value, torch.Tensor):
+            continue
+        if name == "add_time_ids":  # [neg, pos] repeated per row, all alike here (one size per run): any rows do
+            out[name] = value[:len(value) // batch * len(keep)]
+        elif value.shape[0] == 2 * batch:
+            out[name] = value.index_select(0, torch.cat([index, index + batch]).to(value.device))
+        elif value.shape[0] == batch:
+            out[name] = value.index_select(0, index.to(value.device))
     scheduler = pipe.scheduler
     for name, value in list(vars(scheduler).items()):
         if isinstance(value, torch.Tensor):
