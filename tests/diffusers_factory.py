@@ -10,7 +10,10 @@ real Stable Diffusion 1.5 shapes (random weights) for the benchmark.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 # a few merges: enough that the tokenizer's BPE path is used, not only single bytes
@@ -85,23 +88,31 @@ def tiny_components(seed: int = 0, *, shapes: str = "tiny") -> dict:
             "tokenizer_cls": CLIPTokenizer}
 
 
+@contextlib.contextmanager
+def _tokenizer_files(folder: Path) -> Iterator[Path]:
+    """The tiny tokenizer's files for a pipeline being written in `folder`, gone after the block (the
+    tokenizer loaded from them is saved with the pipeline)."""
+    tok_dir = write_tiny_tokenizer(folder / ".tokenizer-src")
+    try:
+        yield tok_dir
+    finally:
+        shutil.rmtree(tok_dir)
+
+
 def write_tiny_pipeline(folder: Path, seed: int = 0, *, shapes: str = "tiny") -> Path:
     """Save a StableDiffusionPipeline with tiny random weights as a diffusers folder."""
     from diffusers import StableDiffusionPipeline
 
     folder = Path(folder)
     parts = tiny_components(seed, shapes=shapes)
-    tok_dir = write_tiny_tokenizer(folder / ".tokenizer-src")
-    tokenizer = parts.pop("tokenizer_cls").from_pretrained(str(tok_dir))
+    with _tokenizer_files(folder) as tok_dir:
+        tokenizer = parts.pop("tokenizer_cls").from_pretrained(str(tok_dir))
     if shapes != "sd15":
         # the tiny text model's vocabulary is 1000 entries: keep every token id inside it
         assert len(tokenizer) <= 1000, len(tokenizer)
     pipe = StableDiffusionPipeline(**parts, tokenizer=tokenizer, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(str(folder), safe_serialization=True)
-    for p in sorted(tok_dir.iterdir()):
-        p.unlink()
-    tok_dir.rmdir()
     return folder
 
 
@@ -272,17 +283,15 @@ def write_tiny_sdxl_pipeline(folder: Path, seed: int = 0) -> Path:
                   num_attention_heads=4, vocab_size=1000, max_position_embeddings=77)
     text_2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=64, num_hidden_layers=10, projection_dim=32,
                                                         hidden_act="gelu", **common)).eval()
-    tok_dir = write_tiny_tokenizer(folder / ".tokenizer-src")
-    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
+    with _tokenizer_files(folder) as tok_dir:
+        tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
+        tokenizer_2 = CLIPTokenizer.from_pretrained(str(tok_dir), pad_token="!")
     pipe = StableDiffusionXLPipeline(
         vae=parts["vae"], unet=unet.eval(), scheduler=parts["scheduler"], tokenizer=tokenizer,
-        tokenizer_2=CLIPTokenizer.from_pretrained(str(tok_dir), pad_token="!"),
+        tokenizer_2=tokenizer_2,
         text_encoder=CLIPTextModel(CLIPTextConfig(hidden_size=32, num_hidden_layers=2, **common)).eval(),
         text_encoder_2=text_2)
     pipe.save_pretrained(str(folder), safe_serialization=True)
-    for p in sorted(tok_dir.iterdir()):
-        p.unlink()
-    tok_dir.rmdir()
     return folder
 
 
@@ -347,12 +356,9 @@ def write_tiny_inpaint_pipeline(folder: Path, seed: int = 0) -> Path:
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, norm_num_groups=4,
         attention_head_dim=4).eval()
-    tok_dir = write_tiny_tokenizer(folder / ".tokenizer-src")
-    tokenizer = parts.pop("tokenizer_cls").from_pretrained(str(tok_dir))
+    with _tokenizer_files(folder) as tok_dir:
+        tokenizer = parts.pop("tokenizer_cls").from_pretrained(str(tok_dir))
     pipe = StableDiffusionInpaintPipeline(**parts, tokenizer=tokenizer, safety_checker=None, feature_extractor=None,
                                           requires_safety_checker=False)
     pipe.save_pretrained(str(folder), safe_serialization=True)
-    for p in sorted(tok_dir.iterdir()):
-        p.unlink()
-    tok_dir.rmdir()
     return folder
