@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -181,6 +182,17 @@ def test_create_from_the_hugging_face_cache(server, tmp_path):
         assert partial.returncode == 1 and "incomplete" in partial.stderr, partial.stderr
 
 
+def _create_from_single_file(server, tmp_path: Path, name: str, src: Path, ckpt: Path) -> dict[str, str]:
+    """Create `name` from the checkpoint with `--config tiny-org/configs`, a cached repository holding only
+    `src`'s configs (as from_single_file leaves one); returns the offline cache environment used."""
+    cache = tmp_path / "hub"
+    write_hf_cache(cache, "tiny-org/configs", src, only=(".json", ".txt"))
+    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    made = corral(server, "create", name, "--diffusers", str(ckpt), "--config", "tiny-org/configs", env=env)
+    assert made.returncode == 0, made.stderr
+    return env
+
+
 def test_create_from_a_single_file_checkpoint(server, tmp_path):
     """An original-format SD 1.x checkpoint (model.diffusion_model.*, first_stage_model.*,
     cond_stage_model.*) through diffusers' from_single_file, offline: the configs from a cached repository
@@ -188,12 +200,7 @@ def test_create_from_a_single_file_checkpoint(server, tmp_path):
     diffusers names for the checkpoint's kind, if cached. The weights survive the round trip exactly."""
     src = write_tiny_pipeline(tmp_path / "src", seed=4)
     ckpt = write_single_file(src, tmp_path / "tiny-sd15.safetensors")
-    cache = tmp_path / "hub"
-    write_hf_cache(cache, "tiny-org/sd15-configs", src, only=(".json", ".txt"))
-    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    made = corral(server, "create", "tiny-single", "--diffusers", str(ckpt), "--config", "tiny-org/sd15-configs",
-                  env=env)
-    assert made.returncode == 0, made.stderr
+    env = _create_from_single_file(server, tmp_path, "tiny-single", src, ckpt)
     assert np.array_equal(_image(server, "tiny-single"), direct(src, "a red cat", 42, 3))
     assert ollama.Client(host=server.url).show("tiny-single").details.family == "StableDiffusionPipeline"
     _delete(server, "tiny-single")
@@ -227,12 +234,7 @@ def test_create_from_an_sdxl_single_file_checkpoint(server, tmp_path):
     diffusers' SDXL call without one)."""
     src = write_tiny_sdxl_pipeline(tmp_path / "src", seed=4)
     ckpt = write_sdxl_single_file(src, tmp_path / "tiny-sdxl.safetensors")
-    cache = tmp_path / "hub"
-    write_hf_cache(cache, "tiny-org/sdxl-configs", src, only=(".json", ".txt"))
-    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    made = corral(server, "create", "tiny-sdxl", "--diffusers", str(ckpt), "--config", "tiny-org/sdxl-configs",
-                  env=env)
-    assert made.returncode == 0, made.stderr
+    env = _create_from_single_file(server, tmp_path, "tiny-sdxl", src, ckpt)
     assert ollama.Client(host=server.url).show("tiny-sdxl").details.family == "StableDiffusionXLPipeline"
     # Corral's default guidance is 7.5 for every pipeline (SDXL's own call defaults to 5.0)
     assert np.array_equal(_image(server, "tiny-sdxl"), direct(src, "a red cat", 42, 3, guidance_scale=7.5))

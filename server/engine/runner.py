@@ -480,19 +480,20 @@ class Runner:
         self._applied = adapters
         self.stats["adapter_switches"] += 1
 
-    def _apply_per_seq(self, drop: str | None = None) -> None:
+    def _apply_per_seq(self) -> None:
         """Give llama.cpp each running sequence's adapter set, and none to idle ones (every set in use
-        costs each decode its terms); `drop`: an adapter file about to be freed, held by none."""
+        costs each decode its terms). Most steps change nothing and cost one comparison per sequence."""
+        wants = ((seq.id, seq.adapters if seq.job is not None else ()) for seq in self.seqs)
+        changed = [(seq_id, want) for seq_id, want in wants if self._seq_applied.get(seq_id, ()) != want]
+        if not changed:
+            return
         before = {p for applied in self._seq_applied.values() for p, _ in applied}
-        for seq in self.seqs:
-            want = seq.adapters if seq.job is not None and drop not in {p for p, _ in seq.adapters} else ()
-            if self._seq_applied.get(seq.id, ()) == want:
-                continue
+        for seq_id, want in changed:
             n = len(want)
             ptrs = (C.llama_adapter_lora_p_ctypes * max(n, 1))(*[self._loras[p] for p, _ in want])
             scales = (ctypes.c_float * max(n, 1))(*[s for _, s in want])
-            set_adapters_lora_seq(self.ctx, seq.id, ptrs if n else None, n, scales if n else None)
-            self._seq_applied[seq.id] = want
+            set_adapters_lora_seq(self.ctx, seq_id, ptrs if n else None, n, scales if n else None)
+            self._seq_applied[seq_id] = want
         if {p for applied in self._seq_applied.values() for p, _ in applied} != before:
             self.stats["adapter_switches"] += 1  # the graph changes
 
@@ -537,7 +538,7 @@ class Runner:
             if any(p == path for p, _ in self._applied):
                 self._apply(())
             if self.per_seq_adapters:
-                self._apply_per_seq(drop=path)
+                self._apply_per_seq()  # no running job uses it: only idle sequences held it, and they let go
             for seq in self.seqs:
                 if any(p == path for p, _ in seq.adapters):
                     C.llama_memory_seq_rm(self.memory, seq.id, -1, -1)

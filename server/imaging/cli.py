@@ -188,6 +188,33 @@ def pipeline_files(folder: Path) -> dict[str, Path]:
     return files
 
 
+def _follow(client, path: str, request: dict) -> None:
+    """POST a streamed request and print its progress lines' statuses; exit 1 with the server's error, or
+    when the last status is not "success"."""
+    import httpx
+
+    last = None
+    try:
+        with client.stream("POST", path, json=request) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                try:
+                    _fail(resp.json().get("error") or resp.text)
+                except ValueError:
+                    _fail(resp.text)
+            for line in resp.iter_lines():
+                if line.strip():
+                    item = json.loads(line)
+                    if item.get("error"):
+                        _fail(item["error"])
+                    last = item.get("status")
+                    print(last, flush=True)
+    except httpx.HTTPError as exc:
+        _fail(f"could not connect to the server: {exc}")
+    if last != "success":
+        _fail("the server did not report success")
+
+
 def create_image_model(args: argparse.Namespace, server_url: str) -> None:
     import httpx
 
@@ -223,23 +250,7 @@ def create_image_model(args: argparse.Namespace, server_url: str) -> None:
             request["adapters"] = {Path(f).name: upload(Path(f).expanduser()) for f in args.diffusers_lora}
         elif args.from_ and not args.diffusers:
             request["from"] = args.from_
-    last = None
-    with client.stream("POST", "/api/create", json=request) as resp:
-        if resp.status_code >= 400:
-            resp.read()
-            try:
-                _fail(resp.json().get("error") or resp.text)
-            except ValueError:
-                _fail(resp.text)
-        for line in resp.iter_lines():
-            if line.strip():
-                item = json.loads(line)
-                if item.get("error"):
-                    _fail(item["error"])
-                last = item.get("status")
-                print(last, flush=True)
-    if last != "success":
-        _fail("the server did not report success")
+    _follow(client, "/api/create", request)
 
 
 def export_onnx_model(args: argparse.Namespace, server_url: str) -> None:
@@ -251,23 +262,4 @@ def export_onnx_model(args: argparse.Namespace, server_url: str) -> None:
         _fail("--onnx-from goes alone (with --adapter): it exports a stored image model")
     client = httpx.Client(base_url=server_url, timeout=httpx.Timeout(30.0, read=None))
     request = {"model": args.name, "from": args.onnx_from, "adapters": list(args.adapter or [])}
-    last = None
-    try:
-        with client.stream("POST", "/api/images/export", json=request) as resp:
-            if resp.status_code >= 400:
-                resp.read()
-                try:
-                    _fail(resp.json().get("error") or resp.text)
-                except ValueError:
-                    _fail(resp.text)
-            for line in resp.iter_lines():
-                if line.strip():
-                    item = json.loads(line)
-                    if item.get("error"):
-                        _fail(item["error"])
-                    last = item.get("status")
-                    print(last, flush=True)
-    except httpx.HTTPError as exc:
-        _fail(f"could not connect to the server: {exc}")
-    if last != "success":
-        _fail("the server did not report success")
+    _follow(client, "/api/images/export", request)

@@ -170,6 +170,10 @@ class OnnxPipeline:
         side = int(self.info.get("sample_size", 512))
         return side, side
 
+    def refuses(self, mode: str) -> str | None:
+        """Why this pipeline cannot run a request of `mode` (None: it can), as Pipeline.refuses."""
+        return None if mode == "text2img" else "an ONNX model makes images from text only (edit with its PyTorch model)"
+
     def run(self, jobs: list[Job]) -> list[list[Any]]:
         import numpy as np
         import torch

@@ -358,7 +358,7 @@ class ImageService:
         async with self.scheduler.use(base, PIPELINE_OPTIONS, keep) as loaded:
             load_ns = time.perf_counter_ns() - start
             queue: PipelineQueue = loaded.runner  # type: ignore[assignment]
-            refusal = getattr(queue.pipeline, "refuses", lambda mode: None)(req.mode)
+            refusal = queue.pipeline.refuses(req.mode)
             if refusal:
                 raise BadRequest(f"{req.model} cannot make this image: {refusal}")
             job = self._job(queue, model, req, image, mask, adapters)
