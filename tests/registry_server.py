@@ -76,7 +76,7 @@ class RegistryServer:
         class Handler(_Handler):
             reg = registry
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _CountingServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
@@ -86,6 +86,19 @@ class RegistryServer:
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until every connection a client opened so far has been handled and logged.
+
+        A client that gives up (a cancelled pull) may leave a connection in the accept queue whose
+        request is logged later. One more request queues behind it; once that is answered every
+        earlier connection has been accepted, and the count of handlers still running falls to 0."""
+        assert self._httpd is not None
+        with socket.create_connection(self._httpd.server_address, timeout=timeout) as sock:
+            sock.sendall(b"GET /v2/ HTTP/1.0\r\n\r\n")
+            while sock.recv(65536):
+                pass
+        self._httpd.idle.wait_for(timeout)
 
     @property
     def host(self) -> str:
@@ -144,6 +157,42 @@ class RegistryServer:
 
     def requests(self, method: str | None = None, contains: str = "") -> list[LogEntry]:
         return [e for e in self.log if (method is None or e.method == method) and contains in e.path]
+
+
+class _Running:
+    """A count of request handlers still running, and a wait for it to fall to 0."""
+
+    def __init__(self):
+        self._n = 0
+        self._cond = threading.Condition()
+
+    def add(self, n: int) -> None:
+        with self._cond:
+            self._n += n
+            self._cond.notify_all()
+
+    def wait_for(self, timeout: float) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._n == 0, timeout):
+                raise TimeoutError(f"{self._n} registry requests still running after {timeout} s")
+
+
+class _CountingServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer that counts its running handlers (counted at accept, in the serving thread)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.idle = _Running()
+
+    def process_request(self, request, client_address):
+        self.idle.add(1)
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.idle.add(-1)
 
 
 class _Handler(BaseHTTPRequestHandler):
