@@ -4,6 +4,13 @@ Without a grammar a sequence samples with one `llama_sampler_sample` call. With 
 applying it to every candidate of a 100k+ vocabulary each step is slow, so (as llama-server
 does) the token is first picked without the grammar and only checked against it; the full
 grammar pass runs only when that token is rejected.
+
+Most chains are decided by a few of the best logits: top-k keeps k, greedy one, and repeat
+penalties can only lower the logits of the tokens in their window. For those chains the candidates
+handed to llama.cpp are only the logits at or above a bound that at least `top` of them reach
+(`_best`). The chain then does its usual work on a few dozen candidates instead of the whole
+vocabulary (262,144 for Gemma 3), and picks the token it would have picked from all of them: every
+token the chain could keep is among them, in the same order.
 """
 
 from __future__ import annotations
@@ -63,6 +70,9 @@ class Chain:
         except BaseException:
             self.free()
             raise
+        self.top = _decisive(s)
+        if self.n_vocab // _ROWS < 4 * self.top:
+            self.top = 0  # a vocabulary too small to gain from it
         self._cand: np.ndarray | None = None  # candidates for sampling from numpy logits, made on first use
         self._one = np.zeros(1, dtype=_TOKEN_DATA)
         self._arr = C.llama_token_data_array()
@@ -77,7 +87,7 @@ class Chain:
     def sample(self, ctx: ctypes.c_void_p, idx: int, logits: np.ndarray | None = None) -> int:
         """Pick the next token from output row `idx` (or from `logits`, kept from an earlier step)
         and accept it into the chain (and grammar)."""
-        if self.grammar is None and logits is None:
+        if self.grammar is None and logits is None and not self.top:
             return C.llama_sampler_sample(self.ptr, ctx, idx)
         if logits is None:
             logits = np.ctypeslib.as_array(C.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
@@ -93,13 +103,19 @@ class Chain:
         if self._cand is None:
             self._cand = np.zeros(self.n_vocab, dtype=_TOKEN_DATA)
             self._ids = np.arange(self.n_vocab, dtype=np.int32)
-        cand = self._cand  # the chain reorders it in place: refill it every time
-        cand["id"] = self._ids
-        cand["logit"] = logits
+        ids = None if with_grammar or not self.top else _best(logits, self.top)
+        n = self.n_vocab if ids is None else len(ids)
+        cand = self._cand[:n]  # the chain reorders it in place: refill it every time
+        if ids is None:
+            cand["id"] = self._ids
+            cand["logit"] = logits
+        else:
+            cand["id"] = ids
+            cand["logit"] = logits[ids]
         cand["p"] = 0.0
         arr = self._arr
         arr.data = cand.ctypes.data_as(ctypes.POINTER(C.llama_token_data))
-        arr.size = self.n_vocab
+        arr.size = n
         arr.selected = -1
         arr.sorted = False
         if with_grammar:
@@ -123,3 +139,44 @@ class Chain:
         if self.grammar:
             C.llama_sampler_free(self.grammar)
             self.grammar = None
+
+
+_ROWS = 64  # the row is read as 64 rows of n_vocab/64 columns; a column's best logit is its peak
+
+
+def _decisive(s: Sampling) -> int:
+    """How many of the best logits decide this chain's token, or 0 when any candidate may matter."""
+    if s.grammar:
+        return 0
+    penalised = 0  # tokens the penalties may push down, out of the best ones
+    if s.repeat_penalty != 1.0 or s.presence_penalty != 0.0 or s.frequency_penalty != 0.0:
+        if not 0 <= s.repeat_last_n <= 512:
+            return 0
+        penalised = s.repeat_last_n
+    if s.temperature <= 0:
+        return 1 + penalised
+    return s.top_k + penalised if s.top_k > 0 else 0
+
+
+def _best(logits: np.ndarray, top: int) -> np.ndarray | None:
+    """Ids (ascending) of every logit at or above the `top`-th highest column peak.
+
+    The peaks are `top` distinct logits at or above that bound, so the row's `top` best logits all
+    reach it; a logit that reaches it lies in a column whose peak does, so only those columns are
+    read. None where there are too few columns or a NaN among the logits."""
+    cols = len(logits) // _ROWS
+    if cols < 4 * top:
+        return None
+    n = cols * _ROWS
+    peaks = logits[:n].reshape(_ROWS, cols).max(axis=0)
+    ranked = np.partition(peaks, cols - top)
+    bound = ranked[cols - top]
+    if np.isnan(ranked[-1]):  # NaNs sort last
+        return None
+    chosen = np.flatnonzero(peaks >= bound)
+    ids = (np.arange(0, n, cols)[:, None] + chosen).ravel()
+    ids = ids[logits[ids] >= bound]
+    if n < len(logits):
+        ids = np.concatenate([ids, n + np.flatnonzero(logits[n:] >= bound)])
+    ids.sort()
+    return ids.astype(np.int32, copy=False)
