@@ -170,6 +170,10 @@ def test_embeddings_on_a_gguf_reranker_are_refused(http):
             assert error["type"] == "invalid_request_error"
             error = error["message"]
         assert "'tiny-rerank-gguf' is a reranker, not an embedding model" in error and "/v1/rerank" in error, error
+    # /api/show lists no capability for it (no embedding, no completion), as for an ONNX reranker
+    assert http.post("/api/show", json={"model": "tiny-rerank-gguf"}).json()["capabilities"] == []
+    r = http.post("/api/generate", json={"model": "tiny-rerank-gguf", "prompt": "hi"})
+    assert r.status_code == 400 and "does not support generate" in r.json()["error"], r.text
     # the same model still reranks, and an embedding model beside it still embeds
     r = http.post("/v1/rerank", json={"model": "tiny-rerank-gguf", "query": QUERY, "documents": DOCUMENTS[:2]})
     assert r.status_code == 200 and len(r.json()["results"]) == 2, r.text

@@ -380,7 +380,14 @@ def test_rerank_matches_the_cross_encoders_pytorch_scores(server, http, retrieva
         assert match in message, message
 
     base = {"model": "tiny-rerank", "query": query}
+    tei = http.post("/rerank", json={"query": query, "model": "tiny-rerank", "texts": documents, "top_n": 2,
+                                     "return_text": True}).json()  # TEI's form: a bare array
+    assert [x["index"] for x in tei] == expected[:2] and tei[0]["text"] == documents[expected[0]]
+    assert np.allclose([x["score"] for x in tei], logits[expected[:2]], atol=1e-4)
+
     bad("/v1/rerank", {**base, "documents": []}, 400, "at least one document")
+    bad("/rerank", {**base, "texts": []}, 400, "at least one document")
+    bad("/rerank", {**base}, 400, "at least one document")
     bad("/rerank", {**base, "documents": ["a"], "top_n": 0}, 400, "top_n must be at least 1")
     bad("/v1/rerank", {**base, "model": "all-minilm", "documents": ["a"]}, 400, "is not a reranker")
     bad("/v1/rerank", {**base, "model": "tiny", "documents": ["a"]}, 400, "is not a reranker")

@@ -227,9 +227,12 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("post", "/v1/rerank", "Rerank documents (llama-server's and Jina's shape)", RETRIEVAL,
               request=rt.RerankRequest, response=rt.RerankResponse, openai_errors=True,
               examples=({"model": "my-reranker", "query": "cats", "documents": ["cats purr", "dogs bark"]},),
-              description="No documents, top_n < 1, or a model that is not a reranker 400."),
+              description="No documents, top_n < 1, or a model that is not a reranker 400. A body with "
+                          "TEI's `texts` instead of `documents` is answered with TEI's bare array of "
+                          "`{index, score, text?}`, as llama-server answers it."),
     Operation("post", "/rerank", "Rerank documents (llama-server's route)", RETRIEVAL,
-              request=rt.RerankRequest, response=rt.RerankResponse, openai_errors=True),
+              request=rt.RerankRequest, response=rt.RerankResponse, openai_errors=True,
+              description="As /v1/rerank, TEI's `texts` form included."),
     Operation("post", "/v2/rerank", "Rerank documents (Cohere's v2 shape)", RETRIEVAL,
               request=rt.RerankRequest, response=rt.CohereRerankResponse, openai_errors=True,
               description="Errors carry Cohere's `message` beside OpenAI's `error` object."),

@@ -1,5 +1,6 @@
 """Rerank over HTTP: `/rerank` and `/v1/rerank` (llama-server's and Jina's shape; errors in OpenAI's shape,
-as llama-server gives them) and `/v2/rerank` (Cohere's shape; errors as Cohere's `{"message"}`).
+as llama-server gives them; a body with TEI's `texts` instead of `documents` gets TEI's bare array, as
+llama-server answers it) and `/v2/rerank` (Cohere's shape; errors as Cohere's `{"message"}`).
 
 Only translates; `RetrievalService.rerank` (server/retrieval/service.py) scores with the model.
 """
@@ -31,8 +32,10 @@ def _texts(documents: list) -> list[str]:
     return out
 
 
-async def _rerank(request: Request) -> tuple[rt.RerankRequest, list, int]:
+async def _rerank(request: Request) -> tuple[rt.RerankRequest, list[str], list[rt.RerankResult], int]:
     req = await decode(request, rt.RerankRequest)
+    if req.documents is None:
+        req.documents = req.texts
     if not req.documents:
         raise APIError(400, "documents must hold at least one document", param="documents")
     if req.top_n is not None and req.top_n < 1:
@@ -46,7 +49,7 @@ async def _rerank(request: Request) -> tuple[rt.RerankRequest, list, int]:
     results = [rt.RerankResult(index=r.index, relevance_score=r.score,
                                document=rt.RerankDocument(texts[r.index]) if req.return_documents else None)
                for r in ranked]
-    return req, results, tokens
+    return req, texts, results, tokens
 
 
 _OPENAI_ERRORS = {APIError: _on_api_error, HTTPException: http_error, Exception: _on_unexpected}
@@ -54,7 +57,11 @@ _OPENAI_ERRORS = {APIError: _on_api_error, HTTPException: http_error, Exception:
 
 @post(["/rerank", "/v1/rerank"], status_code=200, exception_handlers=_OPENAI_ERRORS)
 async def rerank(request: Request) -> Response:
-    req, results, tokens = await _rerank(request)
+    req, texts, results, tokens = await _rerank(request)
+    if req.texts is not None:  # TEI's form, as llama-server tells it: the body names `texts`
+        return json_response([rt.TeiRerankResult(index=r.index, score=r.relevance_score,
+                                                 text=texts[r.index] if req.return_text else None)
+                              for r in results])
     return json_response(rt.RerankResponse(model=req.model, object="list", results=results,
                                            usage=rt.RerankUsage(prompt_tokens=tokens, total_tokens=tokens)))
 
@@ -69,7 +76,7 @@ def _cohere_error(_: Request, exc: Exception) -> Response:
 @post("/v2/rerank", status_code=200,
       exception_handlers={APIError: _cohere_error, HTTPException: _cohere_error, Exception: _cohere_error})
 async def rerank_v2(request: Request) -> Response:
-    _, results, _ = await _rerank(request)
+    _, _, results, _ = await _rerank(request)
     return json_response(rt.CohereRerankResponse(
         id=str(uuid.uuid4()), results=results,
         meta=rt.CohereMeta(api_version={"version": "2"}, billed_units={"search_units": 1})))

@@ -109,7 +109,9 @@ class SearchResponse(msgspec.Struct):
 
 class RerankRequest(msgspec.Struct, omit_defaults=True):
     query: str
-    documents: list[str | dict[str, Any]]  # texts, or Cohere's/Jina's {"text": ...} objects
+    documents: list[str | dict[str, Any]] | None = None  # texts, or Cohere's/Jina's {"text": ...} objects
+    texts: list[str | dict[str, Any]] | None = None  # TEI's name for them: /rerank answers TEI's bare array
+    return_text: bool = False  # TEI: each result carries "text"
     model: str = ""  # a reranker in the store (a cross-encoder exported to ONNX)
     top_n: int | None = None  # at most this many results (default: all)
     return_documents: bool = False  # Jina: each result carries {"document": {"text"}}
@@ -124,6 +126,14 @@ class RerankResult(msgspec.Struct, omit_defaults=True):
     index: int  # the document's position in the request
     relevance_score: float  # the cross-encoder's raw logit (llama-server's convention), higher is better
     document: RerankDocument | None = None
+
+
+class TeiRerankResult(msgspec.Struct, omit_defaults=True):
+    """One element of TEI's bare-array answer (a /rerank body with `texts`), as llama-server gives it."""
+
+    index: int
+    score: float  # the raw logit, as relevance_score
+    text: str | None = None
 
 
 class RerankUsage(msgspec.Struct):

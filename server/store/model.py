@@ -155,8 +155,9 @@ class Model:
             return ["embedding"] if json.loads(self._text(mf.ONNX_CONFIG) or "{}").get("task") == "embedding" else []
         if self.diffusers_index is not None:
             return ["image"]  # a diffusion pipeline (Ollama's image-generation capability)
-        if self.gguf.arch_value("pooling_type") is not None:
-            return ["embedding"]
+        pooling = self.gguf.arch_value("pooling_type")
+        if pooling is not None:  # rank pooling (4) scores pairs on /rerank: no Ollama capability, as ONNX rerankers
+            return [] if str(pooling) == "4" else ["embedding"]
         caps = ["completion"]
         go = self.template or ""
         jinja = self.chat_template or ""
