@@ -93,9 +93,22 @@ async def test_postgres_collections(models, postgres, tmp_path):
     assert [c.name for c in await other.retrieval.list_collections()] == ["pgdocs"]
     assert (await other.retrieval.search("pgdocs", "Rye", mode="keyword"))[0].document_id == "bread.md"
 
+    # the store keeps its connections in a pool: a server that ends them all costs no failed request
+    pool = svc.db.pool
+    assert pool.get_stats()["pool_size"] <= 8
+    import psycopg
+
+    with psycopg.connect(postgres, autocommit=True) as admin:
+        ended = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                              "WHERE application_name = '' AND pid <> pg_backend_pid() "
+                              "AND datname = current_database()").fetchone()[0]
+    assert ended >= 1
+    assert (await svc.search("pgdocs", "Rye", mode="keyword"))[0].document_id == "bread.md"
+
     await svc.delete_document("pgdocs", "pets.jsonl")
     assert sorted(d.id for d in await svc.list_documents("pgdocs")) == ["bread.md", "paris.html", "s.pdf"]
     await svc.delete_collection("pgdocs")
     assert await other.retrieval.list_collections() == []
     await services.close()
     await other.close()
+    assert pool.closed

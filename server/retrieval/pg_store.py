@@ -3,7 +3,8 @@ per collection (a partial index on the collection's rows, the column cast to its
 full-text search (a generated `tsvector`, GIN index, `ts_rank_cd`). The backend several Corral replicas
 share. Same interface and transactions as the SQLite store: one transaction per write.
 
-Short-lived connections (psycopg 3) in the caller's worker thread.
+A pool of connections (psycopg 3, psycopg_pool) used from the caller's worker thread; each connection
+is checked as it is taken, so a restarted server costs no failed request.
 """
 
 from __future__ import annotations
@@ -64,23 +65,33 @@ _COPY_TYPES = ["int8", "text", "int4", "text", "int4", "int4", "int4", "text", "
 
 
 class PgStore:
-    def __init__(self, url: str):
-        self.psycopg = require("psycopg", "document collections in PostgreSQL (psycopg)")
-        self.url = url
+    def __init__(self, url: str, max_connections: int = 8):
+        require("psycopg", "document collections in PostgreSQL (psycopg)")
+        pool = require("psycopg_pool", "document collections in PostgreSQL (psycopg_pool)")
+        self.pool = pool.ConnectionPool(url, min_size=1, max_size=max_connections, kwargs={"autocommit": True},
+                                        check=pool.ConnectionPool.check_connection, open=False,
+                                        name="corral-collections")
+        self.pool.open(wait=True, timeout=15)  # a server that cannot be reached fails here
+        try:
+            self._create_schema()
+        except BaseException:
+            self.pool.close()
+            raise
+
+    def _create_schema(self) -> None:
         with self._write() as db:
             db.execute("SELECT pg_advisory_xact_lock(7243311)")  # replicas starting together
             db.execute(_SCHEMA)
 
     @contextmanager
     def _connect(self) -> Iterator[Any]:
-        with self.psycopg.connect(self.url, autocommit=True) as db:
+        with self.pool.connection() as db:
             yield db
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
-        with self.psycopg.connect(self.url) as db:  # commits on success, rolls back on an error
-            with db.transaction():
-                yield db
+        with self.pool.connection() as db, db.transaction():  # commits on success, rolls back on an error
+            yield db
 
     # ---- collections --------------------------------------------------------------------------
 
@@ -222,4 +233,4 @@ class PgStore:
         return self._hits(rows)
 
     def close(self) -> None:
-        pass
+        self.pool.close()
