@@ -236,8 +236,9 @@ def test_create_from_an_sdxl_single_file_checkpoint(server, tmp_path):
     ckpt = write_sdxl_single_file(src, tmp_path / "tiny-sdxl.safetensors")
     env = _create_from_single_file(server, tmp_path, "tiny-sdxl", src, ckpt)
     assert ollama.Client(host=server.url).show("tiny-sdxl").details.family == "StableDiffusionXLPipeline"
-    # Corral's default guidance is 7.5 for every pipeline (SDXL's own call defaults to 5.0)
-    assert np.array_equal(_image(server, "tiny-sdxl"), direct(src, "a red cat", 42, 3, guidance_scale=7.5))
+    # the default guidance is the pipeline's own: SDXL's call defaults to 5.0 (SD 1.x's to 7.5)
+    assert np.array_equal(_image(server, "tiny-sdxl"), direct(src, "a red cat", 42, 3))
+    assert not np.array_equal(_image(server, "tiny-sdxl"), direct(src, "a red cat", 42, 3, guidance_scale=7.5))
     _delete(server, "tiny-sdxl")
     # no --config: diffusers takes it for an SDXL base checkpoint, whose repository is not cached: refused
     made = corral(server, "create", "nope", "--diffusers", str(ckpt), env=env)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import schedulers
-from .pipeline import Cancelled, Job
+from .pipeline import DEFAULT_GUIDANCE, Cancelled, Job, call_default
 
 log = logging.getLogger("corral.imaging")
 OPSET = 17
@@ -164,6 +164,10 @@ class OnnxPipeline:
         self.default_scheduler = self.base.scheduler
         info = Path(folder) / "corral_export.json"
         self.info = json.loads(info.read_text()) if info.is_file() else {}
+
+    @property
+    def default_guidance(self) -> float:
+        return call_default(self.base, "guidance_scale", DEFAULT_GUIDANCE)
 
     @property
     def default_size(self) -> tuple[int, int]:

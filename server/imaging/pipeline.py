@@ -21,6 +21,7 @@ chosen before the first load and the same target layers as the adapter replaced,
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
 import threading
 from collections import OrderedDict
@@ -36,7 +37,15 @@ log = logging.getLogger("corral.imaging")
 
 MAX_ADAPTERS = 8
 DEFAULT_STEPS = 25
-DEFAULT_GUIDANCE = 7.5
+DEFAULT_GUIDANCE = 7.5  # where a pipeline's call names no default of its own
+
+
+def call_default(pipe: Any, name: str, fallback: float) -> float:
+    """The default a diffusers pipeline's own call gives parameter `name` (guidance_scale: 7.5 for
+    Stable Diffusion 1.x and its ONNX pipeline, 5.0 for SDXL, 8.5 for LCM), else `fallback`."""
+    param = inspect.signature(type(pipe).__call__).parameters.get(name)
+    default = None if param is None else param.default
+    return float(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else fallback
 
 
 class Cancelled(Exception):
@@ -99,6 +108,10 @@ class Pipeline:
         self._adapters: OrderedDict[str, str] = OrderedDict()  # adapter name → file, loaded on the pipeline
         self.lock = threading.Lock()
         self.dropped_rows = 0  # images of requests that left a shared run, no longer computed
+
+    @property
+    def default_guidance(self) -> float:
+        return call_default(self.base, "guidance_scale", DEFAULT_GUIDANCE)
 
     @property
     def default_size(self) -> tuple[int, int]:

@@ -32,7 +32,7 @@ from ..store.model import Model, find_model
 from ..store.names import InvalidName, ModelName
 from ..store.store import Store
 from . import png, require_imaging
-from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, Cancelled, Job
+from .pipeline import DEFAULT_STEPS, Cancelled, Job
 from .request import FORMATS, ImageRequest
 from .store import folder_for, is_image_entry, lora_layers, pipeline_model, prune_folders
 
@@ -383,7 +383,7 @@ class ImageService:
             width, height = queue.pipeline.default_size
         steps = req.steps or int(params.get("steps") or DEFAULT_STEPS)
         guidance = req.guidance_scale if req.guidance_scale is not None else float(
-            params.get("guidance_scale", DEFAULT_GUIDANCE))
+            params.get("guidance_scale", queue.pipeline.default_guidance))
         if image is not None and image.size != (width, height):
             image = image.resize((width, height))
             if mask is not None:
