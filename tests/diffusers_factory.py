@@ -261,22 +261,23 @@ def write_single_file(pipe_dir: Path, file: Path, *, text_encoder: bool = True) 
     return file
 
 
-def write_tiny_sdxl_pipeline(folder: Path, seed: int = 0) -> Path:
+def write_tiny_sdxl_pipeline(folder: Path, seed: int = 0, *, inpaint: bool = False) -> Path:
     """Save a StableDiffusionXLPipeline with tiny random weights: a UNet with SDXL's `text_time` added
     embedding (pooled text + size/crop conditioning), deeper transformers in its attention block and linear
     projections; a CLIPTextModel (hidden 32) and a CLIPTextModelWithProjection (hidden 64, 10 layers: the
-    depth diffusers' checkpoint detection looks for, `resblocks.9`) whose states are concatenated (96)."""
+    depth diffusers' checkpoint detection looks for, `resblocks.9`) whose states are concatenated (96).
+    `inpaint`: a StableDiffusionXLInpaintPipeline with an inpainting UNet (9 input channels) instead."""
     import torch
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     folder = Path(folder)
     parts = tiny_components(seed)
     torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=96, norm_num_groups=4, attention_head_dim=(2, 4), use_linear_projection=True,
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=9 if inpaint else 4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=96, norm_num_groups=4, attention_head_dim=(2, 4), use_linear_projection=True,
         transformer_layers_per_block=(1, 2), addition_embed_type="text_time", addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=6 * 8 + 32)
     common = dict(bos_token_id=0, eos_token_id=2, pad_token_id=1, intermediate_size=37, layer_norm_eps=1e-05,
@@ -286,7 +287,7 @@ def write_tiny_sdxl_pipeline(folder: Path, seed: int = 0) -> Path:
     with _tokenizer_files(folder) as tok_dir:
         tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
         tokenizer_2 = CLIPTokenizer.from_pretrained(str(tok_dir), pad_token="!")
-    pipe = StableDiffusionXLPipeline(
+    pipe = (StableDiffusionXLInpaintPipeline if inpaint else StableDiffusionXLPipeline)(
         vae=parts["vae"], unet=unet.eval(), scheduler=parts["scheduler"], tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
         text_encoder=CLIPTextModel(CLIPTextConfig(hidden_size=32, num_hidden_layers=2, **common)).eval(),

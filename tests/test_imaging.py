@@ -459,7 +459,8 @@ def drop_model(server, tmp_path, request):
     """The model a row-drop test runs: tiny-sd, or a tiny SDXL pipeline or inpainting one (9-channel UNet)
     created for the test and deleted after it (the tools pick the last image model used)."""
     name = request.param
-    makers = {"tiny-xl": write_tiny_sdxl_pipeline, "tiny-inpaint": write_tiny_inpaint_pipeline}
+    makers = {"tiny-xl": write_tiny_sdxl_pipeline, "tiny-inpaint": write_tiny_inpaint_pipeline,
+              "tiny-xl-inpaint": lambda d, seed: write_tiny_sdxl_pipeline(d, seed, inpaint=True)}
     if name not in makers:
         yield name
         return
@@ -471,17 +472,23 @@ def drop_model(server, tmp_path, request):
         _delete(server, name)
 
 
+_IMAGE = {"images": [base64.b64encode(png_bytes()).decode()]}
 _INPAINT = {"images": [base64.b64encode(png_bytes()).decode()],
             "options": {"mask": base64.b64encode(png_bytes(mode="L")).decode()}}
 
 
-@pytest.mark.parametrize("drop_model, extra", [("tiny-sd", {}), ("tiny-xl", {}), ("tiny-inpaint", _INPAINT)],
-                         ids=["sd", "sdxl", "inpaint"], indirect=["drop_model"])
-def test_client_that_leaves_a_shared_run_drops_its_rows(server, drop_model, extra):
+@pytest.mark.parametrize("drop_model, extra, levels", [
+    ("tiny-sd", {}, 0), ("tiny-xl", {}, 0), ("tiny-xl", _IMAGE, 0), ("tiny-inpaint", _INPAINT, 0),
+    # the two steps taken in a batch of two leave one value one colour level off the solo run (CPU kernels
+    # round a two-row batch differently); rows cut wrongly would change the whole image
+    ("tiny-xl-inpaint", _INPAINT, 1)],
+    ids=["sd", "sdxl", "sdxl-img2img", "inpaint", "sdxl-inpaint"], indirect=["drop_model"])
+def test_client_that_leaves_a_shared_run_drops_its_rows(server, drop_model, extra, levels):
     """Two requests in one denoising run; one client leaves after two steps: its rows leave the batch (no
-    more work for it) and the other request still gets exactly its solo image. Stable Diffusion text-to-image,
-    SDXL text-to-image (its pooled embeddings and time ids rows too), inpainting with a 9-channel UNet (its
-    mask and masked image latents rows too)."""
+    more work for it) and the other request still gets its solo image (exactly, or within `levels` colour
+    levels). Stable Diffusion text-to-image, SDXL text-to-image and image-to-image (its pooled embeddings and
+    time ids rows too), inpainting with a 9-channel UNet, SD and SDXL (its mask and masked image latents
+    rows too)."""
     body = {"model": drop_model, "steps": 60, **{k: v for k, v in extra.items() if k != "options"}}
     opts = extra.get("options", {})
 
@@ -513,7 +520,8 @@ def test_client_that_leaves_a_shared_run_drops_its_rows(server, drop_model, extr
     assert int(line.split("after step ")[1].split()[0]) < 60 and line.rstrip().endswith("1 image(s) go on")
     solo = httpx.post(f"{server.url}/api/generate", json={**body, "prompt": "stays", "stream": False,
                                                           "options": {**opts, "seed": 32}}, timeout=120)
-    assert np.array_equal(got, pixels(base64.b64decode(solo.json()["image"])))
+    alone = pixels(base64.b64decode(solo.json()["image"]))
+    assert np.abs(got - alone).max() <= levels and np.count_nonzero(got != alone) <= 16 * levels
 
 
 @pytest.mark.parametrize("drop_model", ["tiny-inpaint"], indirect=True)

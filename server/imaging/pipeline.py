@@ -256,17 +256,20 @@ DROPPABLE = {
     "StableDiffusionPipeline": ["latents", "prompt_embeds"],
     "StableDiffusionImg2ImgPipeline": ["latents", "prompt_embeds"],
     "StableDiffusionXLPipeline": ["latents", "prompt_embeds", "add_text_embeds", "add_time_ids"],
+    "StableDiffusionXLImg2ImgPipeline": ["latents", "prompt_embeds", "add_text_embeds", "add_time_ids"],
     # a 9-channel (inpainting) UNet only: a 4-channel one blends in `image_latents` and `noise` rows each step,
     # which the callback cannot reach
     "StableDiffusionInpaintPipeline": ["latents", "prompt_embeds", "negative_prompt_embeds", "mask",
                                        "masked_image_latents"],
+    "StableDiffusionXLInpaintPipeline": ["latents", "prompt_embeds", "add_text_embeds", "add_time_ids", "mask",
+                                         "masked_image_latents"],
 }
 
 
 def _can_drop_rows(pipe: Any) -> list[str]:
     """The tensors to cut when rows leave this pipeline's batch between steps (empty: it cannot): Stable
-    Diffusion text-to-image, image-to-image and inpainting (a 9-channel UNet), SDXL text-to-image, whose loops
-    take back every per-row tensor from the step callback; not with a guidance embedding (LCM's
+    Diffusion and SDXL text-to-image, image-to-image and inpainting (a 9-channel UNet), whose loops take back
+    every per-row tensor from the step callback; not with a guidance embedding (LCM's
     `timestep_cond` is sized once per run) nor an asymmetric VAE (inpainting re-encodes the images after)."""
     unet = getattr(pipe, "unet", None)
     names = DROPPABLE.get(type(pipe).__name__, [])
@@ -299,9 +302,7 @@ def _drop_rows(pipe: Any, tensors: dict, keep: list[int], batch: int, generators
     for name, value in tensors.items():
         if name == "latents" or not isinstance(value, torch.Tensor):
             continue
-        if name == "add_time_ids":  # [neg, pos] repeated per row, all alike here (one size per run): any rows do
-            out[name] = value[:len(value) // batch * len(keep)]
-        elif value.shape[0] == 2 * batch:
+        if value.shape[0] == 2 * batch:  # with classifier-free guidance: [negative rows; positive rows]
             out[name] = value.index_select(0, torch.cat([index, index + batch]).to(value.device))
         elif value.shape[0] == batch:
             out[name] = value.index_select(0, index.to(value.device))
