@@ -13,7 +13,9 @@ For each concurrency N, in one run on one model:
 - with `--engine`: the same load on Corral's engine in this process (a Runner, no HTTP), which
   tells the engine's share of the gap from the HTTP layer's.
 - with `--llama-server PATH`: the same load against llama-server (a binary built from the same
-  llama.cpp sources, `-np N`) on its /completion endpoint, the anchor to beat: built as its users
+  llama.cpp sources, `-np N`) on its /completion endpoint, with the served model's stop strings, top_k
+  and top_p (from /api/show: a stop string's partial match holds text back in both servers alike,
+  which TTFT sees: gemma3's "\n\n\n" holds its first "\n\n" a step), the anchor to beat: built as its users
   build it (default CMake flags, llamafile kernels on); `--llama-server-exact PATH` adds one built
   with Corral's exact flags (-DGGML_LLAMAFILE=OFF), the build deterministic mode loads.
 - with `--batched-bench PATH`: llama-batched-bench (default build) at N sequences, prompt 32 tokens,
@@ -41,6 +43,7 @@ from server.engine.runner import Runner
 from .common import CorralProcess, ServerProcess, free_port, gguf_path, model_store, prompt_for
 
 
+ANCHOR_SETTINGS: dict = {}  # the served model's stop, top_k, top_p, sent to llama-server too (model_settings)
 SEEDED = False  # --seeded: Corral's requests carry a seed (llama-server's always do: it batches them alike)
 
 
@@ -118,7 +121,7 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, i: int, n_tokens
     if llama_server:
         path, text_key = "/completion", "content"
         body = {"prompt": prompt, "n_predict": n_tokens, "temperature": 0.8, "seed": i, "ignore_eos": True,
-                "stream": True}
+                "stream": True, **ANCHOR_SETTINGS}
     else:
         path, text_key = "/api/generate", "response"
         body = {"model": model, "prompt": prompt, "stream": True, "raw": True,  # the same tokens as the others
@@ -172,6 +175,20 @@ class LlamaServer(ServerProcess):
         super().__init__([binary, "-m", model_path, "-np", str(n_parallel), "-c", str(4096 * n_parallel), "--port",
                           str(port), "-t", str(default_threads()), "--no-webui"], port, "/health", timeout=120,
                          what="llama-server")
+
+
+def model_settings(url: str, model: str) -> dict:
+    """The served model's stop strings, top_k and top_p (its Modelfile's PARAMETERs, from /api/show)."""
+    text = httpx.post(url + "/api/show", json={"model": model}, timeout=60).json().get("parameters", "")
+    out: dict = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        value = value.strip()
+        if key == "stop":
+            out.setdefault("stop", []).append(json.loads(value) if value.startswith('"') else value)
+        elif key in ("top_k", "top_p"):
+            out[key] = float(value) if key == "top_p" else int(value)
+    return out
 
 
 def measure_level(server: CorralProcess, path: str, n: int, args: argparse.Namespace) -> dict:
@@ -280,6 +297,8 @@ def main() -> None:
     out = {"model": args.model, "tokens": args.tokens, "rounds": args.rounds, "asgi": args.asgi,
            "threads": default_threads(), "levels": []}
     with CorralProcess(root, {"OLLAMA_NUM_PARALLEL": str(args.parallel), "CORRAL_ASGI_SERVER": args.asgi}) as server:
+        ANCHOR_SETTINGS.update(model_settings(server.url, args.model))
+        out["anchor_settings"] = ANCHOR_SETTINGS
         for n in levels:
             level = measure_level(server, path, n, args)
             out["levels"].append(level)

@@ -323,6 +323,29 @@ def test_prompts_admitted_in_one_step_wait_for_the_one_computing_their_prefix(mo
     assert [r.prompt_eval_count for r in results] == [length] + [length - shared] * 3
 
 
+def test_unrelated_prompts_take_the_least_recently_used_sequence(model_files):
+    """Prompts one after another that share only BOS each go to the least recently used idle sequence
+    rather than overwrite the last one's cache for one token, so a prompt asked again later finds all
+    of itself cached (llama-server's cache gives such repeats the same)."""
+    model = LlamaModel(model_files["tiny"])
+    runner = Runner(model, n_ctx=512, n_parallel=4)
+    prompts = [model.tokenize(f"{topic} " * 8) for topic in ("apples", "rivers", "engines")]
+
+    async def run(tokens: list[int]) -> Done:
+        job = Job(tokens=tokens, num_predict=2, sampling=Sampling(temperature=0), ignore_eos=True)
+        return [event async for event in runner.generate(job)][-1]
+
+    try:
+        first = [asyncio.run(run(p)) for p in prompts]
+        again = [asyncio.run(run(p)) for p in prompts]
+    finally:
+        runner.close()
+        model.close()
+    assert [common_prefix(prompts[0], p) for p in prompts[1:]] == [1, 1]  # BOS only
+    assert [d.prompt_eval_count for d in first] == [len(p) for p in prompts]
+    assert [d.prompt_eval_count for d in again] == [0, 0, 0]  # each whole, with its kept logits
+
+
 def test_idle_sequence_between_running_ones_is_padded(store_dir, tmp_path):
     """With a KV stream per sequence, running sequences 0, 2 and 3 would cost llama.cpp two passes a
     step; the runner gives idle sequence 1 a throwaway token instead. Deterministic mode makes the

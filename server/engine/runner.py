@@ -67,6 +67,11 @@ BORROW_MIN = 16
 # a sequence's state whole (there: 0.4 ms for 22 cells, against 3 ms to compute one prompt token)
 BORROW_SPAN = 8
 
+# an idle sequence is given to a new prompt for what they share only when that is at least this many
+# tokens or half the prompt; otherwise the prompt goes to the least recently used idle sequence, so
+# that a sequence's cached prompt is not given up to spare one token (the BOS every prompt shares)
+REUSE_MIN = 16
+
 # steps a group of sequences (one reproducible job, or one adapter set on a llama.cpp without per-sequence
 # adapters) decodes in a row while others wait: gemma3:270m on 2 CPU cores, a change of adapter set costs
 # 4-8 ms against 17-25 ms for a one-row step
@@ -350,11 +355,15 @@ class Runner:
         if not self._load_adapters(job, out):
             return
         # the idle sequence sharing the longest prefix with this prompt, computed under the same
-        # adapter set; least recently used on ties
+        # adapter set, if that prefix is worth keeping (REUSE_MIN); else the least recently used
         def shared(s: _Seq) -> int:
             return common_prefix(s.cache, job.tokens) if s.adapters == job.adapters else 0
 
-        best = max(free, key=lambda s: (shared(s), -s.last_used))
+        def worth(s: _Seq) -> int:
+            n = shared(s)
+            return n if n >= REUSE_MIN or 2 * n >= len(job.tokens) else 0
+
+        best = max(free, key=lambda s: (worth(s), -s.last_used))
         keep = shared(best) if self.prefix_cache else 0
         if keep and C.llama_memory_seq_pos_min(self.memory, best.id) > 0:
             keep = 0  # its first cells are gone (a sliding-window cache reuses cells it masks): start over
