@@ -5,7 +5,9 @@
 
 Four random rank-`--rank` GGUF LoRAs (attention q/v/k/o) are written for the model's GGUF and created
 as adapter models (FROM the model, ADAPTER its file). With `--streams` streaming clients, `--rounds`
-requests each, `--tokens` tokens per request (ignore_eos), in one run:
+requests each, `--tokens` tokens per request (ignore_eos), each load with prompts of its own (no load
+finds another's prompts cached), llama-server sent the served model's stop strings, top_k and top_p,
+in one run:
 - Corral over HTTP: all clients on the base, all on one adapter model, each on a different one;
   aggregate tok/s over wall time and TTFT p50.
 - with `--llama-server PATH`: the same three loads on llama-server started with the four adapters
@@ -40,6 +42,7 @@ from server.engine.runner import Runner
 from tests.lora_factory import write_random_lora
 
 from .common import CorralProcess, ServerProcess, free_port, gguf_path, model_store, prompt_for
+from .throughput import model_settings
 
 N_ADAPTERS = 4
 TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output")
@@ -71,15 +74,24 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict, llama_server: bo
     return ttft or 0.0, count
 
 
-def corral_body(model: str, i: int, n_tokens: int) -> dict:
-    return {"model": model, "prompt": prompt_for(i), "stream": True, "raw": True,
+def load_prompt(load: str, i: int) -> str:
+    """Request i's prompt in a load: each load's own, so that no load finds another's prompts cached (a
+    server whose cache ignores the adapter would otherwise reuse the base load's cells)."""
+    return f"[{load}] " + prompt_for(i)
+
+
+def corral_body(model: str, i: int, n_tokens: int, load: str = "") -> dict:
+    return {"model": model, "prompt": load_prompt(load, i), "stream": True, "raw": True,
             "options": {"num_predict": n_tokens, "temperature": 0.8, "ignore_eos": True}}  # no seed: see bench.throughput
 
 
-def llama_server_body(adapter: int | None, i: int, n_tokens: int) -> dict:
+ANCHOR_SETTINGS: dict = {}  # the served model's stop, top_k, top_p, sent to llama-server too
+
+
+def llama_server_body(adapter: int | None, i: int, n_tokens: int, load: str = "") -> dict:
     lora = [{"id": k, "scale": 1.0 if k == adapter else 0.0} for k in range(N_ADAPTERS)]
-    return {"prompt": prompt_for(i), "n_predict": n_tokens, "temperature": 0.8, "seed": i, "ignore_eos": True,
-            "stream": True, "lora": lora}
+    return {"prompt": load_prompt(load, i), "n_predict": n_tokens, "temperature": 0.8, "seed": i, "ignore_eos": True,
+            "stream": True, "lora": lora, **ANCHOR_SETTINGS}
 
 
 async def load(url: str, bodies, n: int, rounds: int, llama_server: bool) -> tuple[float, float]:
@@ -166,10 +178,12 @@ def main() -> None:
         for i, f in enumerate(files):
             client.create(model=f"lora{i}", from_=args.model, adapters={f.name: client.create_blob(f)})
         client.generate(model=args.model, prompt="hi", options={"num_predict": 1})
+        ANCHOR_SETTINGS.update(model_settings(server.url, args.model))
         rss_base = rss_bytes(server.proc.pid)
-        cases = {"base": lambda w, k: corral_body(args.model, w * 1000 + k, args.tokens),
-                 "one_adapter": lambda w, k: corral_body("lora0", w * 1000 + k, args.tokens),
-                 "four_adapters": lambda w, k: corral_body(f"lora{w % N_ADAPTERS}", w * 1000 + k, args.tokens)}
+        cases = {"base": lambda w, k: corral_body(args.model, w * 1000 + k, args.tokens, "base"),
+                 "one_adapter": lambda w, k: corral_body("lora0", w * 1000 + k, args.tokens, "one_adapter"),
+                 "four_adapters": lambda w, k: corral_body(f"lora{w % N_ADAPTERS}", w * 1000 + k, args.tokens,
+                                                           "four_adapters")}
         for name, bodies in cases.items():
             tok_s, ttft = asyncio.run(load(server.url, bodies, n, args.rounds, False))
             result[f"corral_{name}_tok_s"], result[f"corral_{name}_ttft_p50_ms"] = round(tok_s, 1), round(ttft, 1)
@@ -194,9 +208,9 @@ def main() -> None:
         with ServerProcess(cmd, port, "/health", timeout=120, what="llama-server") as ls:
             cases = {"base": None, "one_adapter": 0, "four_adapters": "each"}
             for name, which in cases.items():
-                def bodies(w, k, which=which):
+                def bodies(w, k, which=which, name=name):
                     adapter = w % N_ADAPTERS if which == "each" else which
-                    return llama_server_body(adapter, w * 1000 + k, args.tokens)
+                    return llama_server_body(adapter, w * 1000 + k, args.tokens, name)
                 tok_s, ttft = asyncio.run(load(ls.url, bodies, n, args.rounds, True))
                 result[f"llama_server_{name}_tok_s"] = round(tok_s, 1)
                 result[f"llama_server_{name}_ttft_p50_ms"] = round(ttft, 1)
