@@ -116,6 +116,29 @@ def write_tiny_pipeline(folder: Path, seed: int = 0, *, shapes: str = "tiny") ->
     return folder
 
 
+def write_tiny_lcm_pipeline(folder: Path, seed: int = 0) -> Path:
+    """Save a LatentConsistencyModelPipeline with tiny random weights: a UNet with a guidance embedding
+    (`time_cond_proj_dim`) and LCMScheduler (allowing up to 100 steps)."""
+    import torch
+    from diffusers import LatentConsistencyModelPipeline, LCMScheduler, UNet2DConditionModel
+
+    folder = Path(folder)
+    parts = tiny_components(seed)
+    torch.manual_seed(seed + 1)
+    parts["unet"] = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, norm_num_groups=4, attention_head_dim=4, time_cond_proj_dim=32).eval()
+    parts["scheduler"] = LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                      num_train_timesteps=1000, original_inference_steps=100)
+    with _tokenizer_files(folder) as tok_dir:
+        tokenizer = parts.pop("tokenizer_cls").from_pretrained(str(tok_dir))
+    pipe = LatentConsistencyModelPipeline(**parts, tokenizer=tokenizer, safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
 def write_sd15_shaped_pipeline(folder: Path, seed: int = 0) -> Path:
     return write_tiny_pipeline(folder, seed, shapes="sd15")
 

@@ -26,7 +26,8 @@ from server.store.register import register_gguf
 from server.store.store import Store
 from tests.conftest import ROOT, start_server
 from tests.diffusers_factory import (write_hf_cache, write_sdxl_single_file, write_single_file, write_tiny_lora,
-                                     write_tiny_inpaint_pipeline, write_tiny_pipeline, write_tiny_sdxl_pipeline)
+                                     write_tiny_inpaint_pipeline, write_tiny_lcm_pipeline, write_tiny_pipeline,
+                                     write_tiny_sdxl_pipeline)
 
 pytest.importorskip("diffusers")
 
@@ -460,7 +461,8 @@ def drop_model(server, tmp_path, request):
     created for the test and deleted after it (the tools pick the last image model used)."""
     name = request.param
     makers = {"tiny-xl": write_tiny_sdxl_pipeline, "tiny-inpaint": write_tiny_inpaint_pipeline,
-              "tiny-xl-inpaint": lambda d, seed: write_tiny_sdxl_pipeline(d, seed, inpaint=True)}
+              "tiny-xl-inpaint": lambda d, seed: write_tiny_sdxl_pipeline(d, seed, inpaint=True),
+              "tiny-lcm": write_tiny_lcm_pipeline}
     if name not in makers:
         yield name
         return
@@ -481,14 +483,14 @@ _INPAINT = {"images": [base64.b64encode(png_bytes()).decode()],
     ("tiny-sd", {}, 0), ("tiny-xl", {}, 0), ("tiny-xl", _IMAGE, 0), ("tiny-inpaint", _INPAINT, 0),
     # the two steps taken in a batch of two leave one value one colour level off the solo run (CPU kernels
     # round a two-row batch differently); rows cut wrongly would change the whole image
-    ("tiny-xl-inpaint", _INPAINT, 1)],
-    ids=["sd", "sdxl", "sdxl-img2img", "inpaint", "sdxl-inpaint"], indirect=["drop_model"])
+    ("tiny-xl-inpaint", _INPAINT, 1), ("tiny-lcm", {}, 0)],
+    ids=["sd", "sdxl", "sdxl-img2img", "inpaint", "sdxl-inpaint", "lcm"], indirect=["drop_model"])
 def test_client_that_leaves_a_shared_run_drops_its_rows(server, drop_model, extra, levels):
     """Two requests in one denoising run; one client leaves after two steps: its rows leave the batch (no
     more work for it) and the other request still gets its solo image (exactly, or within `levels` colour
     levels). Stable Diffusion text-to-image, SDXL text-to-image and image-to-image (its pooled embeddings and
     time ids rows too), inpainting with a 9-channel UNet, SD and SDXL (its mask and masked image latents
-    rows too)."""
+    rows too), LCM (its guidance embedding and denoised rows too)."""
     body = {"model": drop_model, "steps": 60, **{k: v for k, v in extra.items() if k != "options"}}
     opts = extra.get("options", {})
 

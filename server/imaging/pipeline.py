@@ -263,17 +263,22 @@ DROPPABLE = {
                                        "masked_image_latents"],
     "StableDiffusionXLInpaintPipeline": ["latents", "prompt_embeds", "add_text_embeds", "add_time_ids", "mask",
                                          "masked_image_latents"],
+    # LCM: its guidance embedding (`w_embedding`, a row each) and the step's denoised image come back too
+    "LatentConsistencyModelPipeline": ["latents", "denoised", "prompt_embeds", "w_embedding"],
+    "LatentConsistencyModelImg2ImgPipeline": ["latents", "denoised", "prompt_embeds", "w_embedding"],
 }
 
 
 def _can_drop_rows(pipe: Any) -> list[str]:
     """The tensors to cut when rows leave this pipeline's batch between steps (empty: it cannot): Stable
-    Diffusion and SDXL text-to-image, image-to-image and inpainting (a 9-channel UNet), whose loops take back
-    every per-row tensor from the step callback; not with a guidance embedding (LCM's
-    `timestep_cond` is sized once per run) nor an asymmetric VAE (inpainting re-encodes the images after)."""
+    Diffusion and SDXL text-to-image, image-to-image and inpainting (a 9-channel UNet), and LCM, whose loops
+    take back every per-row tensor from the step callback; not a guidance-embedding UNet in another
+    pipeline (its `timestep_cond` is sized once per run) nor an asymmetric VAE (inpainting re-encodes the
+    images after)."""
     unet = getattr(pipe, "unet", None)
     names = DROPPABLE.get(type(pipe).__name__, [])
-    if (not names or unet is None or getattr(unet.config, "time_cond_proj_dim", None) is not None
+    guidance_embedding = getattr(unet.config, "time_cond_proj_dim", None) is not None if unet is not None else False
+    if (not names or unet is None or (guidance_embedding and "w_embedding" not in names)
             or type(getattr(pipe, "vae", None)).__name__ == "AsymmetricAutoencoderKL"):
         return []
     if "mask" in names and getattr(unet.config, "in_channels", 4) != 9:
