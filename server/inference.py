@@ -612,7 +612,7 @@ class Inference:
             return await self.retrieval.embed_api(name, inputs, truncate=truncate, normalized=normalized,
                                                   dimensions=dimensions)
         model = self.model(name)
-        if self.is_reranker(model):  # rank pooling gives a score per (query, document) pair, not a vector
+        if model.is_reranker:  # rank pooling gives a score per (query, document) pair, not a vector
             raise BadRequest(f"model '{name}' is a reranker, not an embedding model: it scores a query against "
                              "documents on /rerank, /v1/rerank and /v2/rerank")
         prep = self.prepare(model, options, keep_alive)
@@ -638,12 +638,6 @@ class Inference:
             vectors = [v[:dimensions] for v in vectors]
         return Embeddings(vectors, sum(len(t) for t in token_lists), load_ns)
 
-    def is_reranker(self, model: Model) -> bool:
-        """Whether llama.cpp rank-pools this GGUF (`<arch>.pooling_type` 4): a reranker (engine/ranker.py)."""
-        from .engine.ranker import is_reranker
-
-        return model.model_path is not None and is_reranker(model.gguf.arch_value("pooling_type"))
-
     async def rerank(self, name: str, query: str, documents: list[str]) -> tuple[list[float], int]:
         """A GGUF reranker's raw score for each (query, document) pair, in order, and the tokens read:
         each pair a sequence of the model's embedding context (rank pooling), batch by batch in worker
@@ -651,7 +645,7 @@ class Inference:
         from .engine.ranker import pair_tokens
 
         model = self.model(name)
-        if not self.is_reranker(model):
+        if not model.is_reranker:
             raise BadRequest(f"model '{name}' is not a reranker")
         prep = self.prepare(model, None, None)
         async with self.scheduler.use(model, prep.runner_options, prep.keep_alive) as loaded:

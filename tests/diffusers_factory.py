@@ -69,11 +69,7 @@ def tiny_components(seed: int = 0, *, shapes: str = "tiny") -> dict:
         text = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
                               max_position_embeddings=77, vocab_size=49408)
     else:
-        unet = UNet2DConditionModel(
-            block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, norm_num_groups=4,
-            attention_head_dim=4)
+        unet = tiny_unet()
         # four blocks: latents are 1/8 of the image, as in every Stable Diffusion (the ONNX pipeline assumes it)
         vae = AutoencoderKL(block_out_channels=[8, 8, 16, 16], in_channels=3, out_channels=3,
                             down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
@@ -86,6 +82,30 @@ def tiny_components(seed: int = 0, *, shapes: str = "tiny") -> dict:
             "scheduler": DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                                      num_train_timesteps=1000),
             "tokenizer_cls": CLIPTokenizer}
+
+
+def tiny_unet(**changes):
+    """The tiny pipelines' UNet (random weights from torch's current seed), with `changes` to its config."""
+    from diffusers import UNet2DConditionModel
+
+    config = dict(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, norm_num_groups=4,
+                  attention_head_dim=4)
+    return UNet2DConditionModel(**{**config, **changes}).eval()
+
+
+def _save_pipeline(cls, folder: Path, parts: dict) -> Path:
+    """Build an SD 1.x-style pipeline `cls` from `parts` (tiny_components') with the tiny tokenizer, no
+    safety checker, and save it as a diffusers folder."""
+    with _tokenizer_files(folder) as tok_dir:
+        tokenizer = parts.pop("tokenizer_cls").from_pretrained(str(tok_dir))
+    # every token id must fall inside the text model's vocabulary (1000 entries for the tiny one)
+    assert len(tokenizer) <= parts["text_encoder"].config.vocab_size, len(tokenizer)
+    pipe = cls(**parts, tokenizer=tokenizer, safety_checker=None, feature_extractor=None,
+               requires_safety_checker=False)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
 
 
 @contextlib.contextmanager
@@ -103,40 +123,21 @@ def write_tiny_pipeline(folder: Path, seed: int = 0, *, shapes: str = "tiny") ->
     """Save a StableDiffusionPipeline with tiny random weights as a diffusers folder."""
     from diffusers import StableDiffusionPipeline
 
-    folder = Path(folder)
-    parts = tiny_components(seed, shapes=shapes)
-    with _tokenizer_files(folder) as tok_dir:
-        tokenizer = parts.pop("tokenizer_cls").from_pretrained(str(tok_dir))
-    if shapes != "sd15":
-        # the tiny text model's vocabulary is 1000 entries: keep every token id inside it
-        assert len(tokenizer) <= 1000, len(tokenizer)
-    pipe = StableDiffusionPipeline(**parts, tokenizer=tokenizer, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.save_pretrained(str(folder), safe_serialization=True)
-    return folder
+    return _save_pipeline(StableDiffusionPipeline, Path(folder), tiny_components(seed, shapes=shapes))
 
 
 def write_tiny_lcm_pipeline(folder: Path, seed: int = 0) -> Path:
     """Save a LatentConsistencyModelPipeline with tiny random weights: a UNet with a guidance embedding
     (`time_cond_proj_dim`) and LCMScheduler (allowing up to 100 steps)."""
     import torch
-    from diffusers import LatentConsistencyModelPipeline, LCMScheduler, UNet2DConditionModel
+    from diffusers import LatentConsistencyModelPipeline, LCMScheduler
 
-    folder = Path(folder)
     parts = tiny_components(seed)
     torch.manual_seed(seed + 1)
-    parts["unet"] = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, norm_num_groups=4, attention_head_dim=4, time_cond_proj_dim=32).eval()
+    parts["unet"] = tiny_unet(time_cond_proj_dim=32)
     parts["scheduler"] = LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                       num_train_timesteps=1000, original_inference_steps=100)
-    with _tokenizer_files(folder) as tok_dir:
-        tokenizer = parts.pop("tokenizer_cls").from_pretrained(str(tok_dir))
-    pipe = LatentConsistencyModelPipeline(**parts, tokenizer=tokenizer, safety_checker=None, feature_extractor=None,
-                                          requires_safety_checker=False)
-    pipe.save_pretrained(str(folder), safe_serialization=True)
-    return folder
+    return _save_pipeline(LatentConsistencyModelPipeline, Path(folder), parts)
 
 
 def write_sd15_shaped_pipeline(folder: Path, seed: int = 0) -> Path:
@@ -370,19 +371,9 @@ def write_tiny_inpaint_pipeline(folder: Path, seed: int = 0) -> Path:
     """Save a StableDiffusionInpaintPipeline with tiny random weights and an inpainting UNet (9 input
     channels: the latents, the mask and the masked image's latents, as in SD 1.5 inpainting)."""
     import torch
-    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionInpaintPipeline
 
-    folder = Path(folder)
     parts = tiny_components(seed)
     torch.manual_seed(seed + 1)
-    parts["unet"] = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=9, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, norm_num_groups=4,
-        attention_head_dim=4).eval()
-    with _tokenizer_files(folder) as tok_dir:
-        tokenizer = parts.pop("tokenizer_cls").from_pretrained(str(tok_dir))
-    pipe = StableDiffusionInpaintPipeline(**parts, tokenizer=tokenizer, safety_checker=None, feature_extractor=None,
-                                          requires_safety_checker=False)
-    pipe.save_pretrained(str(folder), safe_serialization=True)
-    return folder
+    parts["unet"] = tiny_unet(in_channels=9)
+    return _save_pipeline(StableDiffusionInpaintPipeline, Path(folder), parts)

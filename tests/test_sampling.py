@@ -103,6 +103,9 @@ def test_settings_any_logit_can_decide_take_the_whole_vocabulary():
     row = rows(5, 1)[0]
     row[::64] = np.nan
     assert _best(row, 40) is None  # a NaN bound: the whole row
+    row = rows(6, 1)[0]
+    row[12345] = np.nan  # one NaN: the bound is a number, but the NaN's column would be left out
+    assert _best(row, 40) is None
     assert _best(row[:1000], 40) is None  # a sample too small to bound
 
 

@@ -18,16 +18,6 @@ import llama_cpp.llama_cpp as C
 
 from .llama import LlamaModel
 
-POOLING_RANK = 4  # LLAMA_POOLING_TYPE_RANK
-
-
-def is_reranker(pooling_type: object) -> bool:
-    """Whether a GGUF's `<arch>.pooling_type` value makes llama.cpp rank-pool it."""
-    try:
-        return int(pooling_type) == POOLING_RANK  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
-
 
 def rerank_template(model: LlamaModel) -> str | None:
     raw = C.llama_model_chat_template(model.ptr, b"rerank")

@@ -73,7 +73,7 @@ class Chain:
         self.top = _decisive(s)
         if self.n_vocab // _ROWS < 4 * self.top:
             self.top = 0  # a vocabulary too small to gain from it
-        self._cand: np.ndarray | None = None  # candidates for sampling from numpy logits, made on first use
+        self._cand: np.ndarray | None = None  # candidates for sampling from numpy logits, grown on use
         self._one = np.zeros(1, dtype=_TOKEN_DATA)
         self._arr = C.llama_token_data_array()
         self._one_arr = C.llama_token_data_array()
@@ -100,14 +100,13 @@ class Chain:
         return token
 
     def _pick(self, logits: np.ndarray, *, with_grammar: bool) -> int:
-        if self._cand is None:
-            self._cand = np.zeros(self.n_vocab, dtype=_TOKEN_DATA)
-            self._ids = np.arange(self.n_vocab, dtype=np.int32)
         ids = None if with_grammar or not self.top else _best(logits, self.top)
         n = self.n_vocab if ids is None else len(ids)
+        if self._cand is None or len(self._cand) < n:  # sized to what is asked of it: a few dozen, usually
+            self._cand = np.zeros(n, dtype=_TOKEN_DATA)
         cand = self._cand[:n]  # the chain reorders it in place: refill it every time
         if ids is None:
-            cand["id"] = self._ids
+            cand["id"] = np.arange(n, dtype=np.int32)
             cand["logit"] = logits
         else:
             cand["id"] = ids
@@ -170,9 +169,9 @@ def _best(logits: np.ndarray, top: int) -> np.ndarray | None:
     n = cols * _ROWS
     peaks = logits[:n].reshape(_ROWS, cols).max(axis=0)
     ranked = np.partition(peaks, cols - top)
-    bound = ranked[cols - top]
-    if np.isnan(ranked[-1]):  # NaNs sort last
+    if np.isnan(ranked[cols - top:]).any():  # NaNs sort above every number: all of them land here
         return None
+    bound = ranked[cols - top]
     chosen = np.flatnonzero(peaks >= bound)
     ids = (np.arange(0, n, cols)[:, None] + chosen).ravel()
     ids = ids[logits[ids] >= bound]

@@ -277,9 +277,9 @@ def _can_drop_rows(pipe: Any) -> list[str]:
     images after)."""
     unet = getattr(pipe, "unet", None)
     names = DROPPABLE.get(type(pipe).__name__, [])
-    guidance_embedding = getattr(unet.config, "time_cond_proj_dim", None) is not None if unet is not None else False
-    if (not names or unet is None or (guidance_embedding and "w_embedding" not in names)
-            or type(getattr(pipe, "vae", None)).__name__ == "AsymmetricAutoencoderKL"):
+    if not names or unet is None or type(getattr(pipe, "vae", None)).__name__ == "AsymmetricAutoencoderKL":
+        return []
+    if getattr(unet.config, "time_cond_proj_dim", None) is not None and "w_embedding" not in names:
         return []
     if "mask" in names and getattr(unet.config, "in_channels", 4) != 9:
         return []

@@ -83,10 +83,8 @@ class PgStore:
             db.execute("SELECT pg_advisory_xact_lock(7243311)")  # replicas starting together
             db.execute(_SCHEMA)
 
-    @contextmanager
-    def _connect(self) -> Iterator[Any]:
-        with self.pool.connection() as db:
-            yield db
+    def _connect(self):
+        return self.pool.connection()  # a context manager: the connection goes back to the pool after
 
     @contextmanager
     def _write(self) -> Iterator[Any]:

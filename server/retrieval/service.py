@@ -164,7 +164,7 @@ class RetrievalService:
             stop = threading.Event()
             return (await in_thread(model.embed, texts, True, stop, stop=stop))[0]
         model = self.inference.model(model_name)
-        if "embedding" not in self.inference.capabilities(model) or self.inference.is_reranker(model):
+        if "embedding" not in self.inference.capabilities(model):  # a reranker has none
             raise BadRequest(f"model '{model_name}' is not an embedding model")
         result = await self.inference.embed(model_name, texts, truncate=True)
         return np.asarray(result.vectors, dtype=np.float32)
@@ -326,7 +326,7 @@ class RetrievalService:
                 raise BadRequest(str(exc)) from exc
             if found is None:
                 raise NotFound(f"model '{model_name}' not found")
-            if self.inference.is_reranker(self.inference.model(model_name)):
+            if self.inference.model(model_name).is_reranker:
                 return GgufReranker(model_name)
             raise BadRequest(f"model '{model_name}' is not a reranker: Corral reranks with cross-encoders "
                              "exported to ONNX (corral onnx export NAME DIR --task rerank) and GGUF rerankers "

@@ -14,6 +14,8 @@ from .gguf import FILE_TYPES, GGUFInfo, read_info
 from .names import InvalidName, ModelName
 from .store import Entry, Store
 
+POOLING_RANK = 4  # llama.cpp's LLAMA_POOLING_TYPE_RANK: a reranker's `<arch>.pooling_type`
+
 
 def find_model(store: Store, name: str) -> "Model":
     """The stored model a request names: no name or an invalid one 400, an unknown one 404."""
@@ -120,6 +122,15 @@ class Model:
         return value if isinstance(value, str) and value else None
 
     @property
+    def is_reranker(self) -> bool:
+        """Whether llama.cpp rank-pools this GGUF (`<arch>.pooling_type` = LLAMA_POOLING_TYPE_RANK):
+        a reranker, scored pair by pair (server/engine/ranker.py)."""
+        try:
+            return int(self.gguf.arch_value("pooling_type")) == POOLING_RANK
+        except (TypeError, ValueError):
+            return False
+
+    @property
     def context_length(self) -> int:
         return int(self.gguf.arch_value("context_length", 0) or 0)
 
@@ -155,9 +166,10 @@ class Model:
             return ["embedding"] if json.loads(self._text(mf.ONNX_CONFIG) or "{}").get("task") == "embedding" else []
         if self.diffusers_index is not None:
             return ["image"]  # a diffusion pipeline (Ollama's image-generation capability)
-        pooling = self.gguf.arch_value("pooling_type")
-        if pooling is not None:  # rank pooling (4) scores pairs on /rerank: no Ollama capability, as ONNX rerankers
-            return [] if str(pooling) == "4" else ["embedding"]
+        if self.is_reranker:  # scores pairs on /rerank: no Ollama capability, as an ONNX reranker
+            return []
+        if self.gguf.arch_value("pooling_type") is not None:
+            return ["embedding"]
         caps = ["completion"]
         go = self.template or ""
         jinja = self.chat_template or ""
